@@ -1,0 +1,167 @@
+"""ModelArgs: the hyperparameters of a LLaMA-family model, read from any supported checkpoint.
+
+One frozen dataclass with llama2.c's short names. Readers build it from a Hugging Face config.json,
+GGUF `llama.*` metadata or a llama2.c header; whatever qllama cannot run is refused here, by name.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+from .errors import QllamaError
+
+ROPE_SCALING_TYPES = ("none", "linear", "llama3")
+
+
+@dataclass(frozen=True)
+class ModelArgs:
+    dim: int                # width of the residual stream (hidden_size)
+    hidden_dim: int         # width of the SwiGLU feed-forward (intermediate_size)
+    n_layers: int           # transformer blocks
+    n_heads: int            # query heads
+    n_kv_heads: int         # key/value heads; < n_heads means grouped-query attention
+    head_dim: int           # width of one head; usually dim // n_heads, but configs may say otherwise
+    vocab_size: int         # rows of the token embedding
+    norm_eps: float         # RMSNorm epsilon
+    rope_theta: float       # RoPE base frequency
+    max_seq_len: int        # context length the model was made for
+    tied_embeddings: bool   # the output head reuses the token embedding
+    rope_scaling: str = "none"       # "none", "linear" or "llama3"
+    rope_factor: float = 1.0         # linear and llama3: the context extension factor
+    rope_low_freq_factor: float = 1.0    # llama3 only
+    rope_high_freq_factor: float = 4.0   # llama3 only
+    rope_original_max_seq_len: int = 8192  # llama3 only: the context before extension
+
+    def __post_init__(self):
+        for name in ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "vocab_size", "max_seq_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise QllamaError(f"model config: {name} must be a positive integer, got {value!r}")
+        if self.n_heads % self.n_kv_heads:
+            raise QllamaError(f"model config: n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
+        if self.head_dim % 2:
+            raise QllamaError(f"model config: head_dim {self.head_dim} must be even for RoPE")
+        if self.rope_scaling not in ROPE_SCALING_TYPES:
+            raise QllamaError(f"model config: rope scaling {self.rope_scaling!r} is not supported")
+        if not self.norm_eps > 0 or not self.rope_theta > 0 or not self.rope_factor > 0:
+            raise QllamaError("model config: norm_eps, rope_theta and the rope factor must be positive")
+
+    @property
+    def q_dim(self) -> int:
+        return self.n_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.n_kv_heads * self.head_dim
+
+    @property
+    def n_rep(self) -> int:
+        """How many query heads share one key/value head."""
+        return self.n_heads // self.n_kv_heads
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelArgs":
+        try:
+            return cls(**json.loads(text))
+        except (TypeError, ValueError) as e:
+            raise QllamaError(f"model config: bad ModelArgs metadata ({e})") from None
+
+    @classmethod
+    def from_hf_config(cls, cfg: dict, source: str = "config.json") -> "ModelArgs":
+        """From a LlamaForCausalLM config.json (transformers 4.x top-level rope keys or 5.x rope_parameters)."""
+        refuse_unsupported_hf(cfg, source)
+
+        def need(key):
+            if key not in cfg or cfg[key] is None:
+                raise QllamaError(f"{source}: missing required key {key!r}")
+            return cfg[key]
+
+        dim, n_heads = need("hidden_size"), need("num_attention_heads")
+        rope = dict(cfg.get("rope_parameters") or {})
+        legacy = cfg.get("rope_scaling") or {}
+        rope = {**legacy, **rope}  # 5.x nests everything in rope_parameters; 4.x has rope_scaling + rope_theta
+        theta = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
+        kind = rope.get("rope_type", rope.get("type", "default"))
+        kind = {"default": "none"}.get(kind, kind)
+        if kind not in ROPE_SCALING_TYPES:
+            raise QllamaError(f"{source}: rope_scaling type {kind!r} is not supported (supported: linear, llama3)")
+        extra = {}
+        if kind != "none":
+            extra["rope_factor"] = float(rope.get("factor", 1.0))
+        if kind == "llama3":
+            extra.update(
+                rope_low_freq_factor=float(rope.get("low_freq_factor", 1.0)),
+                rope_high_freq_factor=float(rope.get("high_freq_factor", 4.0)),
+                rope_original_max_seq_len=int(rope.get("original_max_position_embeddings", 8192)),
+            )
+        return cls(
+            dim=dim,
+            hidden_dim=need("intermediate_size"),
+            n_layers=need("num_hidden_layers"),
+            n_heads=n_heads,
+            n_kv_heads=cfg.get("num_key_value_heads") or n_heads,
+            head_dim=cfg.get("head_dim") or dim // n_heads,
+            vocab_size=need("vocab_size"),
+            norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+            rope_theta=float(theta),
+            max_seq_len=int(cfg.get("max_position_embeddings", 2048)),
+            tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            rope_scaling=kind,
+            **extra,
+        )
+
+    @classmethod
+    def from_gguf(cls, meta: dict, source: str, vocab_size: int, tied: bool) -> "ModelArgs":
+        """From GGUF `llama.*` metadata; vocab_size and tying come from the tensors, which are the truth."""
+        arch = meta.get("general.architecture")
+        if arch != "llama":
+            raise QllamaError(f"{source}: general.architecture = {arch!r} is not supported (only 'llama')")
+        if meta.get("llama.expert_count", 0):
+            raise QllamaError(f"{source}: llama.expert_count = {meta['llama.expert_count']} (mixture of experts) is not supported")
+
+        def need(key):
+            if key not in meta:
+                raise QllamaError(f"{source}: missing metadata key {key!r}")
+            return meta[key]
+
+        dim, n_heads = int(need("llama.embedding_length")), int(need("llama.attention.head_count"))
+        kind = meta.get("llama.rope.scaling.type", "none")
+        kind = {"": "none"}.get(kind, kind)
+        if kind not in ("none", "linear"):
+            raise QllamaError(f"{source}: llama.rope.scaling.type = {kind!r} is not supported")
+        return cls(
+            dim=dim,
+            hidden_dim=int(need("llama.feed_forward_length")),
+            n_layers=int(need("llama.block_count")),
+            n_heads=n_heads,
+            n_kv_heads=int(meta.get("llama.attention.head_count_kv", n_heads)),
+            head_dim=int(meta.get("llama.attention.key_length", meta.get("llama.rope.dimension_count", dim // n_heads))),
+            vocab_size=vocab_size,
+            norm_eps=float(meta.get("llama.attention.layer_norm_rms_epsilon", 1e-5)),
+            rope_theta=float(meta.get("llama.rope.freq_base", 10000.0)),
+            max_seq_len=int(meta.get("llama.context_length", 2048)),
+            tied_embeddings=tied,
+            rope_scaling=kind,
+            rope_factor=float(meta.get("llama.rope.scaling.factor", 1.0)) if kind == "linear" else 1.0,
+        )
+
+
+def refuse_unsupported_hf(cfg: dict, source: str) -> None:
+    """Refuse, naming the key and value, every config qllama would otherwise run wrongly."""
+    archs = cfg.get("architectures") or ["LlamaForCausalLM"]
+    if archs != ["LlamaForCausalLM"]:
+        raise QllamaError(f"{source}: architectures = {archs} is not supported (only LlamaForCausalLM)")
+    if cfg.get("model_type", "llama") != "llama":
+        raise QllamaError(f"{source}: model_type = {cfg['model_type']!r} is not supported (only 'llama')")
+    for key in ("attention_bias", "mlp_bias"):
+        if cfg.get(key):
+            raise QllamaError(f"{source}: {key} = {cfg[key]!r} is not supported")
+    for key in ("num_local_experts", "num_experts", "sliding_window"):
+        if cfg.get(key):
+            raise QllamaError(f"{source}: {key} = {cfg[key]!r} is not supported")
+    act = cfg.get("hidden_act", "silu")
+    if act != "silu":
+        raise QllamaError(f"{source}: hidden_act = {act!r} is not supported (only 'silu')")

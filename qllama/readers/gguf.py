@@ -1,0 +1,100 @@
+"""GGUF reader, through the `gguf` package: llama.cpp names -> Hugging Face names, RoPE rows permuted.
+
+GGUF stores q/k rows in the interleaved-pair RoPE layout; we permute them once to rotate-half. Rows
+are permuted whole (groups run along the input dimension), so quantized rows stay bit-exact.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ..checkpoint import Checkpoint, SourceTensor, check_tensors, interleaved_to_rotate_half
+from ..config import ModelArgs
+from ..errors import QllamaError
+
+GLOBAL_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+BLOCK_NAMES = {
+    "attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "ffn_norm": "post_attention_layernorm",
+    "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+}
+BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)\.weight")
+
+
+def hf_name(path: Path, name: str) -> str:
+    if name in GLOBAL_NAMES:
+        return GLOBAL_NAMES[name]
+    m = BLOCK_RE.fullmatch(name)
+    if m and m.group(2) in BLOCK_NAMES:
+        return f"model.layers.{m.group(1)}.{BLOCK_NAMES[m.group(2)]}.weight"
+    if name == "rope_freqs.weight":
+        raise QllamaError(f"{path}: tensor rope_freqs.weight (llama3 rope scaling inside GGUF) is not supported yet")
+    raise QllamaError(f"{path}: unexpected tensor {name}: not a plain LLaMA model")
+
+
+def open_gguf_reader(path: Path):
+    import gguf
+    try:
+        return gguf.GGUFReader(path)
+    except ValueError as e:
+        if "cannot reshape" in str(e):  # the package maps tensor data short of its declared size
+            raise QllamaError(f"{path}: tensor data runs past the end of the file: truncated GGUF") from None
+        raise QllamaError(f"{path}: malformed GGUF file ({e})") from None
+    except Exception as e:  # the package raises many kinds for malformed files; all mean the same to a user
+        raise QllamaError(f"{path}: malformed GGUF file ({type(e).__name__}: {e})") from None
+
+
+def decoder(qtype):
+    import gguf
+    if qtype == gguf.GGMLQuantizationType.F32:
+        return lambda raw: raw
+    if qtype == gguf.GGMLQuantizationType.F16:
+        return lambda raw: raw.astype(np.float32)
+    return lambda raw: gguf.quants.dequantize(raw, qtype)
+
+
+def read_gguf(path: Path) -> Checkpoint:
+    import gguf
+    from ..tokenizer import tokenizer_from_gguf
+    from .gguf_fields import gguf_metadata
+
+    reader = open_gguf_reader(path)
+    meta = gguf_metadata(reader)
+    size = path.stat().st_size
+    raw_tensors = {}
+    for t in reader.tensors:
+        if t.data_offset + int(t.n_bytes) > size:
+            raise QllamaError(f"{path}: tensor {t.name} runs past the end of the file "
+                              f"(ends at byte {t.data_offset + int(t.n_bytes)}, file has {size}): truncated file")
+        try:
+            qtype = gguf.GGMLQuantizationType(t.tensor_type)
+        except ValueError:
+            raise QllamaError(f"{path}: tensor {t.name} has unknown GGML type {int(t.tensor_type)}") from None
+        raw_tensors[hf_name(path, t.name)] = (t, qtype)
+    if "model.embed_tokens.weight" not in raw_tensors:
+        raise QllamaError(f"{path}: no token_embd.weight tensor: not a model with weights (a vocab-only GGUF?)")
+    tied = "lm_head.weight" not in raw_tensors
+    vocab_size = int(raw_tensors["model.embed_tokens.weight"][0].shape[-1])
+    args = ModelArgs.from_gguf(meta, str(path), vocab_size=vocab_size, tied=tied)
+    tensors = {}
+    for name, (t, qtype) in raw_tensors.items():
+        shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # GGML lists the fastest dimension first
+        if len(shape) == 2 and t.data.shape[0] != shape[0]:
+            raise QllamaError(f"{path}: tensor {t.name} data does not match its shape {shape}")
+        rows = None
+        if name.endswith("q_proj.weight"):
+            rows = interleaved_to_rotate_half(args.n_heads, args.head_dim)
+        elif name.endswith("k_proj.weight"):
+            rows = interleaved_to_rotate_half(args.n_kv_heads, args.head_dim)
+        tensors[name] = SourceTensor(shape, qtype.name, t.data, decoder(qtype), rows)
+    check_tensors(path, args, {n: t.shape for n, t in tensors.items()})
+    tokenizer = tokenizer_from_gguf(meta, str(path)) if "tokenizer.ggml.model" in meta else None
+    template = meta.get("tokenizer.chat_template")
+    info = {"source": str(path), "gguf.name": str(meta.get("general.name", ""))}
+    return Checkpoint(path, "gguf", args, tensors, tokenizer, template if isinstance(template, str) else None, info)

@@ -1,0 +1,73 @@
+"""Bad input: each gets one line naming the file and the problem, a non-zero exit and no traceback."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cli_helpers import assert_one_line_error, qllama
+from paths import SHARED_MODELS
+
+HF_TINY = Path(__file__).parent / "fixtures" / "hf" / "llama3_untied_f32"
+
+
+def test_missing_path(tmp_path):
+    assert_one_line_error(qllama("info", tmp_path / "nope.gguf"), "nope.gguf", "no such file")
+
+
+def test_folder_without_config(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    assert_one_line_error(qllama("info", tmp_path), "config.json")
+
+
+def test_truncated_safetensors(tmp_path):
+    shutil.copy(HF_TINY / "config.json", tmp_path)
+    data = (HF_TINY / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(data[: len(data) // 2])
+    assert_one_line_error(qllama("info", tmp_path), "model.safetensors", "truncated")
+
+
+def test_safetensors_with_garbage_header(tmp_path):
+    shutil.copy(HF_TINY / "config.json", tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"\xff" * 64)
+    assert_one_line_error(qllama("info", tmp_path), "model.safetensors")
+
+
+def test_gguf_with_wrong_magic(tmp_path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGML" + (SHARED_MODELS / "stories260K" / "stories260K.gguf").read_bytes()[4:])
+    assert_one_line_error(qllama("info", bad), "bad.gguf", "magic")
+
+
+def test_gguf_with_tensor_past_the_end(tmp_path):
+    data = (SHARED_MODELS / "stories260K" / "stories260K.gguf").read_bytes()
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(data[:-4096])
+    assert_one_line_error(qllama("info", cut), "cut.gguf", "past the end")
+
+
+@pytest.mark.parametrize("change, fragment", [
+    ({"architectures": ["MistralForCausalLM"], "model_type": "mistral"}, "MistralForCausalLM"),
+    ({"attention_bias": True}, "attention_bias"),
+    ({"num_local_experts": 8}, "num_local_experts"),
+    ({"sliding_window": 4096}, "sliding_window"),
+    ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0}}, "yarn"),
+])
+def test_unsupported_config_is_refused_by_name(tmp_path, change, fragment):
+    config = json.loads((HF_TINY / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, **change}))
+    shutil.copy(HF_TINY / "model.safetensors", tmp_path)
+    assert_one_line_error(qllama("info", tmp_path), "config.json", fragment)
+
+
+def test_llama2c_with_wrong_size(tmp_path):
+    data = (SHARED_MODELS / "stories260K" / "stories260K.bin").read_bytes()
+    (tmp_path / "short.bin").write_bytes(data[:-100])
+    shutil.copy(SHARED_MODELS / "stories260K" / "tok512.model", tmp_path)
+    assert_one_line_error(qllama("info", tmp_path / "short.bin"), "short.bin", "header implies")
+
+
+def test_prompt_longer_than_context():
+    result = qllama("run", "Once upon a time there was a cat", "-m", SHARED_MODELS / "stories260K" / "stories260K.bin",
+                    "--ctx", "4")
+    assert_one_line_error(result, "context")
