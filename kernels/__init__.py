@@ -1,0 +1,1 @@
+"""Numba kernels for the hot paths (installed as qllama.kernels)."""
