@@ -108,6 +108,25 @@ def pull():
     click.echo(ensure_default_gguf())
 
 
+@cli.command()
+@click.argument("textfile", type=click.Path())
+@model_options
+@click.option("--reference", default=None,
+              help="A second model with the same tokenizer (e.g. unquantized): adds KL divergence and top-token agreement.")
+def perplexity(textfile, model, ctx, tokenizer, reference):
+    """Perplexity of the model on TEXTFILE, computed as llama.cpp's perplexity tool does.
+
+    The text is cut into windows of --ctx tokens (default 512, or the model's context when
+    shorter); the second half of each window is scored, the first half is context.
+    """
+    from .perplexity import format_report, perplexity, print_progress, read_text
+    text = read_text(textfile)
+    m = open_model(model, None, tokenizer)
+    ref = open_model(reference, None, tokenizer) if reference else None
+    result = perplexity(m, text, ctx=ctx, reference=ref, progress=print_progress if sys.stderr.isatty() else None)
+    click.echo(format_report(result))
+
+
 def main():
     try:
         cli.main(standalone_mode=False)
