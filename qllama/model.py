@@ -43,8 +43,14 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: int, n_rep: int)
 
 
 def forward(w: dict, args: ModelArgs, cache: KVCache, cos, sin, tokens: np.ndarray, pos: int,
-            last_only: bool = False) -> np.ndarray:
-    """tokens (n,) at positions pos..pos+n -> logits (n, vocab), or (1, vocab) with last_only."""
+            last_only: bool = False, observe=None) -> np.ndarray:
+    """tokens (n,) at positions pos..pos+n -> logits (n, vocab), or (1, vocab) with last_only.
+    observe(weight_name, x), if given, sees the input of every matmul (for calibration)."""
+    def linear(name, x):                                                # x (n, in) @ W (out, in).T
+        if observe is not None:
+            observe(name, x)
+        return x @ w[name].T
+
     n = len(tokens)
     x = w["model.embed_tokens.weight"][tokens].astype(np.float32)      # (n, dim)
     rc, rs = cos[pos:pos + n], sin[pos:pos + n]
@@ -52,22 +58,21 @@ def forward(w: dict, args: ModelArgs, cache: KVCache, cos, sin, tokens: np.ndarr
         p = f"model.layers.{i}."
         # attention: rmsnorm, project to q/k/v, rotate q and k, attend over the cache
         h = rmsnorm(x, w[p + "input_layernorm.weight"], args.norm_eps)
-        q = (h @ w[p + "self_attn.q_proj.weight"].T).reshape(n, args.n_heads, args.head_dim)
-        k = (h @ w[p + "self_attn.k_proj.weight"].T).reshape(n, args.n_kv_heads, args.head_dim)
-        v = (h @ w[p + "self_attn.v_proj.weight"].T).reshape(n, args.n_kv_heads, args.head_dim)
+        q = linear(p + "self_attn.q_proj.weight", h).reshape(n, args.n_heads, args.head_dim)
+        k = linear(p + "self_attn.k_proj.weight", h).reshape(n, args.n_kv_heads, args.head_dim)
+        v = linear(p + "self_attn.v_proj.weight", h).reshape(n, args.n_kv_heads, args.head_dim)
         q, k = apply_rope(q, rc, rs), apply_rope(k, rc, rs)
         keys, values = cache.update(i, pos, k, v)                       # (pos+n, kv_heads, hd)
         att = attention(q, keys, values, pos, args.n_rep)               # (n, q_dim)
-        x = x + att @ w[p + "self_attn.o_proj.weight"].T
+        x = x + linear(p + "self_attn.o_proj.weight", att)
         # feed-forward: rmsnorm, SwiGLU, project back, residual
         h = rmsnorm(x, w[p + "post_attention_layernorm.weight"], args.norm_eps)
-        gate = silu(h @ w[p + "mlp.gate_proj.weight"].T) * (h @ w[p + "mlp.up_proj.weight"].T)
-        x = x + gate @ w[p + "mlp.down_proj.weight"].T
+        gate = silu(linear(p + "mlp.gate_proj.weight", h)) * linear(p + "mlp.up_proj.weight", h)
+        x = x + linear(p + "mlp.down_proj.weight", gate)
     if last_only:
         x = x[-1:]
     x = rmsnorm(x, w["model.norm.weight"], args.norm_eps)
-    head = w["model.embed_tokens.weight" if args.tied_embeddings else "lm_head.weight"]
-    return x @ head.T                                                   # (n, vocab)
+    return linear("model.embed_tokens.weight" if args.tied_embeddings else "lm_head.weight", x)  # (n, vocab)
 
 
 class Model:
@@ -87,14 +92,14 @@ class Model:
         self.n_past = 0                 # positions of the cache holding `self.past_tokens`
         self.past_tokens: list[int] = []
 
-    def forward(self, tokens, pos: int, last_only: bool = False) -> np.ndarray:
+    def forward(self, tokens, pos: int, last_only: bool = False, observe=None) -> np.ndarray:
         """Run tokens at positions pos.. (the cache must hold 0..pos-1); float32 logits."""
         tokens = np.asarray(tokens, dtype=np.int64)
         if len(tokens) and (tokens.min() < 0 or tokens.max() >= self.args.vocab_size):
             raise QllamaError(f"token id out of range [0, {self.args.vocab_size})")
         if pos + len(tokens) > self.ctx:
             raise QllamaError(f"{pos + len(tokens)} tokens do not fit in the context of {self.ctx} tokens")
-        logits = forward(self.weights, self.args, self.cache, self.cos, self.sin, tokens, pos, last_only)
+        logits = forward(self.weights, self.args, self.cache, self.cos, self.sin, tokens, pos, last_only, observe)
         self.past_tokens = self.past_tokens[:pos] + tokens.tolist()
         self.n_past = pos + len(tokens)
         return logits.astype(np.float32, copy=False)
