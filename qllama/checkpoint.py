@@ -23,10 +23,16 @@ class SourceTensor:
     raw: np.ndarray                 # memory-mapped stored data, one row per output row for matrices
     decode: Callable[[np.ndarray], np.ndarray]
     rows: np.ndarray | None = None  # row order to apply (interleaved RoPE -> rotate-half), or None
+    release: Callable[[], None] | None = None  # drops its mapped pages after a streaming pass
+    planes: dict[str, np.ndarray] | None = None  # qllama files: the quant planes, under `dtype`'s format
 
     def float32(self) -> np.ndarray:
         raw = self.raw if self.rows is None else self.raw[self.rows]
         return np.ascontiguousarray(self.decode(raw), dtype=np.float32).reshape(self.shape)
+
+    def done(self) -> None:
+        if self.release is not None:
+            self.release()
 
 
 @dataclass

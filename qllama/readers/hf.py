@@ -82,7 +82,8 @@ def read_hf_folder(folder: Path, tokenizer_path=None) -> Checkpoint:
             dtype = st.dtypes[name]
             if dtype not in ("F32", "F16", "BF16"):
                 raise QllamaError(f"{file}: tensor {name} has dtype {dtype}; expected F32, F16 or BF16")
-            tensors[name] = SourceTensor(tuple(raw.shape), dtype, raw, lambda a, d=dtype: to_float32(a, d))
+            tensors[name] = SourceTensor(tuple(raw.shape), dtype, raw, lambda a, d=dtype: to_float32(a, d),
+                                         release=lambda st=st, n=name: st.release(n))
     tied = bool(cfg.get("tie_word_embeddings", False)) or "lm_head.weight" not in tensors
     if tied:
         tensors.pop("lm_head.weight", None)

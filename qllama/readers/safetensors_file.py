@@ -67,8 +67,19 @@ class SafetensorsFile:
         buffer = np.frombuffer(self._map, dtype=np.uint8) if self._map is not None else np.zeros(0, np.uint8)
         self.arrays: dict[str, np.ndarray] = {}
         self.dtypes: dict[str, str] = {}
+        self.ranges: dict[str, tuple[int, int]] = {}   # file byte range of each tensor
         for name, info in header.items():
             self.arrays[name], self.dtypes[name] = self._view(buffer, data_start, data_size, name, info)
+            begin, end = info["data_offsets"]
+            self.ranges[name] = (data_start + begin, data_start + end)
+
+    def release(self, name: str) -> None:
+        """Drop the mapped pages of one tensor from this process (they stay in the OS page cache):
+        a streaming pass over a model then holds one tensor in memory at a time, not the file."""
+        begin, end = self.ranges[name]
+        begin -= begin % mmap.PAGESIZE
+        if self._map is not None and end > begin and hasattr(mmap, "MADV_DONTNEED"):
+            self._map.madvise(mmap.MADV_DONTNEED, begin, end - begin)
 
     def _view(self, buffer, data_start, data_size, name, info):
         try:

@@ -1,0 +1,182 @@
+"""`qllama quantize`: any checkpoint -> ONE .safetensors file of quant planes + everything a run needs.
+
+Streams tensor by tensor (peak memory ~ the largest tensor); writes atomically. Tensor policy: norms
+stay float32; the token embedding and output head use `embeddings_format` (8-bit by default); every
+other matrix uses `format`. A GGUF tensor already in Q8_0/Q4_0/Q4_1 is copied bit for bit as its
+identical qllama format unless that format has more bits than asked for; other quantized GGUF types
+are dequantized and requantized, with a warning.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import json
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..checkpoint import Checkpoint, SourceTensor, open_checkpoint
+from ..errors import QllamaError
+from .formats import BY_GGML_TYPE, QuantFormat, get_format
+from .tensor import QuantizedTensor, plane_shapes, quantize_matrix, relative_error
+from .writer import SafetensorsWriter, atomic_output
+
+FORMAT_VERSION = "1"
+FLOAT_TYPES = ("F32", "F16", "BF16")
+EMBEDDINGS = ("model.embed_tokens.weight", "lm_head.weight")
+
+
+@dataclass
+class TensorReport:
+    name: str
+    format: str          # a FORMATS name or "F32"
+    how: str             # "searched", "absmax", "exact copy", "requantized", "float"
+    bits_per_weight: float
+    rel_rms_error: float  # ||dequantized - source|| / ||source||
+    n_weights: int
+
+
+def source_sha256(path: Path) -> str:
+    """sha256 of the source file, or of its files' names and hashes for a folder."""
+    def file_hash(f: Path) -> str:
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 24):
+                h.update(chunk)
+        return h.hexdigest()
+    if path.is_file():
+        return file_hash(path)
+    lines = [f"{f.name} {file_hash(f)}\n" for f in sorted(path.iterdir()) if f.is_file()]
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def plan(ckpt: Checkpoint, fmt: QuantFormat, embed_fmt: QuantFormat) -> dict[str, tuple[QuantFormat | None, str]]:
+    """Tensor name -> (format or None for float32, how), in file order."""
+    plans = {}
+    for name, t in ckpt.tensors.items():
+        if len(t.shape) == 1:
+            plans[name] = (None, "float")
+            continue
+        target = embed_fmt if name in EMBEDDINGS else fmt
+        same = BY_GGML_TYPE.get(t.dtype)
+        if same is not None and same.bits <= target.bits:
+            plans[name] = (same, "exact copy")
+        elif t.dtype not in FLOAT_TYPES:
+            plans[name] = (target, "requantized")
+        else:
+            plans[name] = (target, "searched")
+    requantized = [n for n, (_, how) in plans.items() if how == "requantized"]
+    if requantized:
+        warnings.warn(f"{len(requantized)} tensors (e.g. {requantized[0]}, {ckpt.tensors[requantized[0]].dtype}) "
+                      f"are dequantized and requantized: some quality is lost twice")
+    return plans
+
+
+def exact_copy(t: SourceTensor, fmt: QuantFormat) -> QuantizedTensor:
+    """A ggml Q8_0/Q4_0/Q4_1 tensor -> planes, byte for byte (the block fields are the planes)."""
+    out, n_in = t.shape
+    n_groups = n_in // 32
+    blocks = (t.raw if t.rows is None else t.raw[t.rows]).reshape(out, n_groups, -1)
+    scales = blocks[..., 0:2].copy().view(np.float16).reshape(out, n_groups)
+    mins = None if fmt.symmetric else blocks[..., 2:4].copy().view(np.float16).reshape(out, n_groups)
+    start = 2 if fmt.symmetric else 4
+    qweight = blocks[..., start:].reshape(out, n_groups * fmt.qbytes_per_group).copy()
+    return QuantizedTensor(fmt, (out, n_in), qweight, scales, mins)
+
+
+def build_layout(ckpt: Checkpoint, plans, tokenizer_blob: bytes) -> dict:
+    layout = {}
+    for name, (fmt, _) in plans.items():
+        if fmt is None:
+            layout[name] = (ckpt.tensors[name].shape, "F32")
+        else:
+            for plane, spec in plane_shapes(fmt, ckpt.tensors[name].shape).items():
+                layout[f"{name}.{plane}"] = spec
+    if tokenizer_blob:
+        layout["qllama.tokenizer"] = ((len(tokenizer_blob),), "U8")
+    return layout
+
+
+def build_metadata(ckpt: Checkpoint, plans, sha256: str) -> dict[str, str]:
+    from .. import __version__
+    meta = {
+        "format": "pt",  # what the safetensors library expects to find; the planes are plain arrays
+        "qllama.format_version": FORMAT_VERSION,
+        "qllama.version": __version__,
+        "qllama.model_args": ckpt.args.to_json(),
+        "qllama.tensor_formats": json.dumps({n: f.name for n, (f, _) in plans.items() if f is not None}),
+        "qllama.source": Path(ckpt.path).name,
+        "qllama.source_sha256": sha256,
+    }
+    if ckpt.chat_template:
+        meta["qllama.chat_template"] = ckpt.chat_template
+    if ckpt.tokenizer is not None:
+        kind, _, settings = ckpt.tokenizer.to_bytes()
+        meta["qllama.tokenizer_kind"] = kind
+        meta["qllama.tokenizer_settings"] = json.dumps(settings)
+    return meta
+
+
+def progress(i: int, n: int, name: str, start: float) -> None:
+    if not sys.stderr.isatty():
+        return
+    elapsed = time.monotonic() - start
+    eta = elapsed / i * (n - i) if i else 0.0
+    print(f"\r[{i:4d}/{n}] {name[:48]:48s} ETA {eta:5.0f}s", end="", file=sys.stderr, flush=True)
+
+
+def convert(source, output, format: str = "q4", group_size: int | None = None,
+            embeddings_format: str = "q8_g32", calibration=None, force: bool = False,
+            tokenizer=None, search: bool = True) -> list[TensorReport]:
+    """Quantize `source` into the qllama file `output`; returns one report per tensor."""
+    fmt, embed_fmt = get_format(format, group_size), get_format(embeddings_format)
+    output = Path(output)
+    ckpt = open_checkpoint(source, tokenizer)
+    if ckpt.kind == "qllama":
+        raise QllamaError(f"{source}: already a qllama file; quantize the original checkpoint instead")
+    if output.exists() and output.resolve() == Path(ckpt.path).resolve():
+        raise QllamaError(f"{output}: is the source; choose another output")
+    importance = None
+    if calibration is not None:
+        from .calibration import importance_from_text
+        importance = importance_from_text(ckpt, Path(calibration))
+    plans = plan(ckpt, fmt, embed_fmt)
+    tokenizer_blob = ckpt.tokenizer.to_bytes()[1] if ckpt.tokenizer is not None else b""
+    layout = build_layout(ckpt, plans, tokenizer_blob)
+    metadata = build_metadata(ckpt, plans, source_sha256(Path(ckpt.path)))
+    reports, start = [], time.monotonic()
+    with atomic_output(output, force) as f:
+        writer = SafetensorsWriter(f, layout, metadata)
+        for i, (name, (tfmt, how)) in enumerate(plans.items()):
+            progress(i, len(plans), name, start)
+            t = ckpt.tensors[name]
+            if how == "exact copy":
+                q = exact_copy(t, tfmt)
+                reports.append(TensorReport(name, tfmt.name, how, 8 * q.nbytes / math.prod(t.shape), 0.0,
+                                            math.prod(t.shape)))
+            else:
+                w = t.float32()
+                if not np.isfinite(w).all():
+                    raise QllamaError(f"{source}: tensor {name} contains NaN or Inf values")
+                if tfmt is None:
+                    writer.write(name, w)
+                    reports.append(TensorReport(name, "F32", how, 32.0, 0.0, w.size))
+                    t.done()
+                    continue
+                how = how if search else "absmax"
+                q = quantize_matrix(w, tfmt, None if importance is None else importance.get(name), search)
+                reports.append(TensorReport(name, tfmt.name, how, 8 * q.nbytes / w.size, relative_error(q, w), w.size))
+            for plane, array in q.planes().items():
+                writer.write(f"{name}.{plane}", array)
+            t.done()
+        if tokenizer_blob:
+            writer.write("qllama.tokenizer", np.frombuffer(tokenizer_blob, np.uint8))
+        writer.close()
+    progress(len(plans), len(plans), "done", start)
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    return reports
