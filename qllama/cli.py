@@ -127,6 +127,48 @@ def perplexity(textfile, model, ctx, tokenizer, reference):
     click.echo(format_report(result))
 
 
+def list_formats(ctx, _param, value):
+    if not value or ctx.resilient_parsing:
+        return
+    from .quantize.formats import ALIASES, FORMATS
+    aliases = {v: k for k, v in ALIASES.items()}
+    click.echo(f"{'format':10s} {'bits':>4s} {'group':>5s} {'kind':10s} {'bits/weight':>11s}  ggml")
+    for f in FORMATS.values():
+        kind = "symmetric" if f.symmetric else "asymmetric"
+        click.echo(f"{f.name:10s} {f.bits:4d} {f.group_size:5d} {kind:10s} {f.bits_per_weight:11.3f}  {aliases.get(f.name, '')}")
+    ctx.exit()
+
+
+@cli.command()
+@click.argument("source", type=click.Path())
+@click.argument("output", type=click.Path(dir_okay=False))
+@click.option("--format", "format", required=True, help="q8, q4 (symmetric) or q4a (asymmetric), or a full name "
+              "such as q4_g64 or ggml's q4_0 / q4_1 / q8_0; see --list-formats.")
+@click.option("--group-size", type=int, default=None, help="32, 64 or 128 (default 32).")
+@click.option("--embeddings-format", default="q8_g32", show_default=True,
+              help="Format of the token embedding and output head.")
+@click.option("--calibration", type=click.Path(dir_okay=False), default=None,
+              help="Text whose activations weigh the error of each input column (like llama.cpp's imatrix).")
+@click.option("--method", type=click.Choice(["search", "absmax"]), default="search", show_default=True,
+              help="Error-minimising scale search, or ggml's plain absmax rounding.")
+@click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@click.option("--tokenizer", type=click.Path(dir_okay=False), default=None)
+@click.option("--list-formats", is_flag=True, expose_value=False, is_eager=True, callback=list_formats,
+              help="List the formats and their bits per weight, then exit.")
+def quantize(source, output, method, **options):
+    """Quantize SOURCE (HF folder, .gguf, llama2.c .bin) into ONE qllama .safetensors file OUTPUT."""
+    from .quantize.convert import convert
+    reports = convert(source, output, search=method == "search", **options)
+    total_bits = sum(r.bits_per_weight * r.n_weights for r in reports)
+    n_weights = sum(r.n_weights for r in reports)
+    click.echo(f"{'tensor':52s} {'format':9s} {'how':11s} {'bits/w':>6s} {'rel. RMS err':>12s}")
+    for r in reports:
+        click.echo(f"{r.name:52s} {r.format:9s} {r.how:11s} {r.bits_per_weight:6.2f} {r.rel_rms_error:12.5f}")
+    size = Path(output).stat().st_size
+    click.echo(f"{len(reports)} tensors, {n_weights:,} weights, {total_bits / n_weights:.3f} bits per weight; "
+               f"wrote {output} ({size / 2**20:.1f} MiB)")
+
+
 def main():
     try:
         cli.main(standalone_mode=False)
