@@ -1,8 +1,8 @@
-"""Importance of each input column from calibration text, like llama.cpp's imatrix.
+"""Input statistics from calibration text: H = E[x x^T] of every matrix's input.
 
-Runs the float32 reference forward pass over the text in windows and records, for every matrix,
-the mean squared activation of each of its input columns. The scale search then weighs the
-squared error of column j by that mean: errors where inputs are large cost more.
+Runs the float32 reference forward pass over the text in windows and accumulates, for every
+matrix, the second moment of its inputs. Its diagonal (the mean squared activation of each input
+column) is llama.cpp's imatrix; the whole matrix is what GPTQ needs (quantize/gptq.py).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ WINDOW = 512
 MAX_TOKENS = 16384  # enough for stable statistics; bounded so calibration stays quick
 
 
-def importance_from_text(ckpt: Checkpoint, text_path: Path) -> dict[str, np.ndarray]:
+def input_moments(ckpt: Checkpoint, text_path: Path) -> dict[str, np.ndarray]:
     from ..model import Model
     if ckpt.tokenizer is None:
         raise QllamaError(f"{ckpt.path}: no tokenizer, so calibration text cannot be tokenized")
@@ -33,9 +33,10 @@ def importance_from_text(ckpt: Checkpoint, text_path: Path) -> dict[str, np.ndar
     counts: dict[str, int] = {}
 
     def observe(name, x):
-        sums[name] = sums.get(name, 0.0) + np.sum(x.astype(np.float64) ** 2, axis=0)
+        x64 = x.astype(np.float64)
+        sums[name] = sums.get(name, 0.0) + x64.T @ x64
         counts[name] = counts.get(name, 0) + x.shape[0]
 
     for start in range(0, len(ids), model.ctx):
         model.forward(ids[start:start + model.ctx], 0, observe=observe)
-    return {name: (sums[name] / counts[name]).astype(np.float32) for name in sums}
+    return {name: sums[name] / counts[name] for name in sums}

@@ -22,6 +22,7 @@ import numpy as np
 from ..checkpoint import Checkpoint, SourceTensor, open_checkpoint
 from ..errors import QllamaError
 from .formats import BY_GGML_TYPE, QuantFormat, get_format
+from .gptq import gptq_quantize
 from .tensor import QuantizedTensor, plane_shapes, quantize_matrix, relative_error
 from .writer import SafetensorsWriter, atomic_output
 
@@ -134,16 +135,21 @@ def convert(source, output, format: str = "q4", group_size: int | None = None,
             tokenizer=None, search: bool = True) -> list[TensorReport]:
     """Quantize `source` into the qllama file `output`; returns one report per tensor."""
     fmt, embed_fmt = get_format(format, group_size), get_format(embeddings_format)
-    output = Path(output)
-    ckpt = open_checkpoint(source, tokenizer)
+    return convert_checkpoint(open_checkpoint(source, tokenizer), output, fmt, embed_fmt, calibration, force, search)
+
+
+def convert_checkpoint(ckpt: Checkpoint, output, fmt: QuantFormat, embed_fmt: QuantFormat, calibration=None,
+                       force: bool = False, search: bool = True) -> list[TensorReport]:
+    """The body of `convert`, for a checkpoint already open (benches pass modified ones)."""
+    output, source = Path(output), ckpt.path
     if ckpt.kind == "qllama":
         raise QllamaError(f"{source}: already a qllama file; quantize the original checkpoint instead")
     if output.exists() and output.resolve() == Path(ckpt.path).resolve():
         raise QllamaError(f"{output}: is the source; choose another output")
-    importance = None
+    moments = {}
     if calibration is not None:
-        from .calibration import importance_from_text
-        importance = importance_from_text(ckpt, Path(calibration))
+        from .calibration import input_moments
+        moments = input_moments(ckpt, Path(calibration))
     plans = plan(ckpt, fmt, embed_fmt)
     tokenizer_blob = ckpt.tokenizer.to_bytes()[1] if ckpt.tokenizer is not None else b""
     layout = build_layout(ckpt, plans, tokenizer_blob)
@@ -168,7 +174,11 @@ def convert(source, output, format: str = "q4", group_size: int | None = None,
                     t.done()
                     continue
                 how = how if search else "absmax"
-                q = quantize_matrix(w, tfmt, None if importance is None else importance.get(name), search)
+                if name in moments and search:
+                    how = "gptq"
+                    q = gptq_quantize(w, tfmt, moments[name])
+                else:
+                    q = quantize_matrix(w, tfmt, None, search)
                 reports.append(TensorReport(name, tfmt.name, how, 8 * q.nbytes / w.size, relative_error(q, w), w.size))
             for plane, array in q.planes().items():
                 writer.write(f"{name}.{plane}", array)
