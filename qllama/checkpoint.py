@@ -24,7 +24,7 @@ class SourceTensor:
     decode: Callable[[np.ndarray], np.ndarray]
     rows: np.ndarray | None = None  # row order to apply (interleaved RoPE -> rotate-half), or None
     release: Callable[[], None] | None = None  # drops its mapped pages after a streaming pass
-    planes: dict[str, np.ndarray] | None = None  # qllama files: the quant planes, under `dtype`'s format
+    quantized: object | None = None  # qllama files: the QuantizedTensor (planes) behind `raw`
 
     def float32(self) -> np.ndarray:
         raw = self.raw if self.rows is None else self.raw[self.rows]

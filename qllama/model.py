@@ -10,9 +10,12 @@ from __future__ import annotations
 import numpy as np
 
 from .cache import KVCache
-from .checkpoint import Checkpoint, open_checkpoint
+from .checkpoint import Checkpoint, SourceTensor, open_checkpoint
 from .config import ModelArgs
 from .errors import QllamaError
+from .linear import DenseLinear, QuantLinear
+from .quantize.formats import BY_GGML_TYPE
+from .quantize.tensor import from_ggml_blocks
 from .rope import apply_rope, rope_tables
 
 DEFAULT_CTX = 4096  # like llama.cpp: a long-context model gets this unless asked for more
@@ -49,10 +52,10 @@ def forward(w: dict, args: ModelArgs, cache: KVCache, cos, sin, tokens: np.ndarr
     def linear(name, x):                                                # x (n, in) @ W (out, in).T
         if observe is not None:
             observe(name, x)
-        return x @ w[name].T
+        return w[name](x)
 
     n = len(tokens)
-    x = w["model.embed_tokens.weight"][tokens].astype(np.float32)      # (n, dim)
+    x = w["model.embed_tokens.weight"].rows(tokens)                     # (n, dim)
     rc, rs = cos[pos:pos + n], sin[pos:pos + n]
     for i in range(args.n_layers):
         p = f"model.layers.{i}."
@@ -78,7 +81,7 @@ def forward(w: dict, args: ModelArgs, cache: KVCache, cos, sin, tokens: np.ndarr
 class Model:
     """A loaded model with its own KV cache: `logits()` for whole sequences, `generate()` for text."""
 
-    def __init__(self, checkpoint: Checkpoint, ctx: int | None = None):
+    def __init__(self, checkpoint: Checkpoint, ctx: int | None = None, reference: bool = False):
         self.checkpoint = checkpoint
         self.args = checkpoint.args
         self.tokenizer = checkpoint.tokenizer
@@ -86,7 +89,7 @@ class Model:
         self.ctx = ctx or min(self.args.max_seq_len, DEFAULT_CTX)
         if self.ctx <= 0:
             raise QllamaError(f"context size must be positive, got {self.ctx}")
-        self.weights = {name: t.float32() for name, t in checkpoint.tensors.items()}
+        self.weights = {name: build_weight(t, reference) for name, t in checkpoint.tensors.items()}
         self.cache = KVCache(self.args, self.ctx)
         self.cos, self.sin = rope_tables(self.args, self.ctx)
         self.n_past = 0                 # positions of the cache holding `self.past_tokens`
@@ -122,6 +125,20 @@ class Model:
         return generate_tokens(self, prompt, **kwargs)
 
 
-def load(path, ctx: int | None = None, tokenizer=None) -> Model:
-    """Load any supported checkpoint (HF folder, GGUF, llama2.c .bin, qllama file) into a Model."""
-    return Model(open_checkpoint(path, tokenizer), ctx)
+def build_weight(t: SourceTensor, reference: bool):
+    """Vectors -> float32 arrays; matrices -> QuantLinear over their planes when the source has them
+    (qllama files, GGUF Q8_0/Q4_0/Q4_1), else DenseLinear. reference=True: float32 everywhere."""
+    if len(t.shape) == 1:
+        return t.float32()
+    if not reference:
+        if t.quantized is not None:
+            return QuantLinear(t.quantized)
+        if t.dtype in BY_GGML_TYPE and t.shape[1] % 32 == 0:
+            return QuantLinear(from_ggml_blocks(t.raw if t.rows is None else t.raw[t.rows], t.shape, BY_GGML_TYPE[t.dtype]))
+    return DenseLinear(t.float32())
+
+
+def load(path, ctx: int | None = None, tokenizer=None, reference: bool = False) -> Model:
+    """Load any supported checkpoint (HF folder, GGUF, llama2.c .bin, qllama file) into a Model.
+    reference=True runs the numpy float32 reference path instead of the quantized kernels."""
+    return Model(open_checkpoint(path, tokenizer), ctx, reference)

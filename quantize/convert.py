@@ -23,7 +23,7 @@ from ..checkpoint import Checkpoint, SourceTensor, open_checkpoint
 from ..errors import QllamaError
 from .formats import BY_GGML_TYPE, QuantFormat, get_format
 from .gptq import gptq_quantize
-from .tensor import QuantizedTensor, plane_shapes, quantize_matrix, relative_error
+from .tensor import from_ggml_blocks, plane_shapes, quantize_matrix, relative_error
 from .writer import SafetensorsWriter, atomic_output
 
 FORMAT_VERSION = "1"
@@ -75,18 +75,6 @@ def plan(ckpt: Checkpoint, fmt: QuantFormat, embed_fmt: QuantFormat) -> dict[str
         warnings.warn(f"{len(requantized)} tensors (e.g. {requantized[0]}, {ckpt.tensors[requantized[0]].dtype}) "
                       f"are dequantized and requantized: some quality is lost twice")
     return plans
-
-
-def exact_copy(t: SourceTensor, fmt: QuantFormat) -> QuantizedTensor:
-    """A ggml Q8_0/Q4_0/Q4_1 tensor -> planes, byte for byte (the block fields are the planes)."""
-    out, n_in = t.shape
-    n_groups = n_in // 32
-    blocks = (t.raw if t.rows is None else t.raw[t.rows]).reshape(out, n_groups, -1)
-    scales = blocks[..., 0:2].copy().view(np.float16).reshape(out, n_groups)
-    mins = None if fmt.symmetric else blocks[..., 2:4].copy().view(np.float16).reshape(out, n_groups)
-    start = 2 if fmt.symmetric else 4
-    qweight = blocks[..., start:].reshape(out, n_groups * fmt.qbytes_per_group).copy()
-    return QuantizedTensor(fmt, (out, n_in), qweight, scales, mins)
 
 
 def build_layout(ckpt: Checkpoint, plans, tokenizer_blob: bytes) -> dict:
@@ -161,7 +149,7 @@ def convert_checkpoint(ckpt: Checkpoint, output, fmt: QuantFormat, embed_fmt: Qu
             progress(i, len(plans), name, start)
             t = ckpt.tensors[name]
             if how == "exact copy":
-                q = exact_copy(t, tfmt)
+                q = from_ggml_blocks(t.raw if t.rows is None else t.raw[t.rows], t.shape, tfmt)
                 reports.append(TensorReport(name, tfmt.name, how, 8 * q.nbytes / math.prod(t.shape), 0.0,
                                             math.prod(t.shape)))
             else:

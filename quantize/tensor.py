@@ -100,3 +100,16 @@ def relative_error(q: QuantizedTensor, w: np.ndarray) -> float:
         err += float(np.sum((part.dequantize() - w[r:r + step]) ** 2, dtype=np.float64))
         ref += float(np.sum(w[r:r + step].astype(np.float64) ** 2))
     return float(np.sqrt(err / ref)) if ref > 0 else 0.0
+
+
+def from_ggml_blocks(blocks: np.ndarray, shape: tuple[int, int], fmt: QuantFormat) -> QuantizedTensor:
+    """A ggml Q8_0/Q4_0/Q4_1 tensor (rows of blocks) -> planes, byte for byte: fp16 d (and m) then
+    the codes of each block are exactly the planes' fields (see formats.py)."""
+    out, n_in = shape
+    n_groups = n_in // fmt.group_size
+    blocks = np.asarray(blocks).reshape(out, n_groups, fmt.bytes_per_group)
+    scales = blocks[..., 0:2].copy().view(np.float16).reshape(out, n_groups)
+    mins = None if fmt.symmetric else blocks[..., 2:4].copy().view(np.float16).reshape(out, n_groups)
+    start = fmt.bytes_per_group - fmt.qbytes_per_group
+    qweight = blocks[..., start:].reshape(out, n_groups * fmt.qbytes_per_group).copy()
+    return QuantizedTensor(fmt, (out, n_in), qweight, scales, mins)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import qllama
+from qllama.linear import DenseLinear
 from cli_helpers import assert_one_line_error, qllama as qllama_cli
 from paths import REPO, SHARED_MODELS
 from qllama.errors import QllamaError
@@ -82,8 +83,8 @@ def test_model_against_itself_has_zero_kl_and_full_agreement(model):
 def test_perturbed_model_diverges_from_the_reference(model):
     noisy = qllama.load(STORIES_BIN)
     name = "model.layers.0.mlp.down_proj.weight"
-    w = noisy.weights[name]  # read-only (memory-mapped): replace the array, do not write into it
-    noisy.weights[name] = w + np.random.default_rng(0).normal(0, 0.5 * w.std(), w.shape).astype(np.float32)
+    w = noisy.weights[name].weight  # read-only (memory-mapped): replace the array, do not write into it
+    noisy.weights[name] = DenseLinear(w + np.random.default_rng(0).normal(0, 0.5 * w.std(), w.shape).astype(np.float32))
     r = perplexity(noisy, STORY, ctx=64, reference=model)
     assert r.kl > 0.01 and r.kl > 3 * r.kl_se
     assert 0 < r.top1 < 1
