@@ -169,6 +169,34 @@ def quantize(source, output, method, **options):
                f"wrote {output} ({size / 2**20:.1f} MiB)")
 
 
+@cli.command("bench")
+@model_options
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Kernel threads (default: all cores).")
+@click.option("--reference", is_flag=True, help="Time the numpy float32 reference path instead of the kernels.")
+@click.option("--decode-tokens", type=click.IntRange(min=1), default=64, show_default=True)
+def bench_command(model, ctx, tokenizer, threads, reference, decode_tokens):
+    """Prefill and decode tokens/s, bytes per token, GB/s and peak RSS of MODEL."""
+    from .benchmark import bench
+    from .model import load
+    from .pull import resolve_model
+    set_threads(threads)
+    path = resolve_model(model)
+    result = bench(lambda: load(path, ctx=ctx, tokenizer=tokenizer, reference=reference), n_decode=decode_tokens)
+    click.echo(f"model: {path} ({'reference' if reference else 'kernels'}, {numba_threads()} threads)")
+    click.echo(result.report())
+
+
+def set_threads(threads):
+    if threads is not None:
+        import numba
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+
+
+def numba_threads() -> int:
+    import numba
+    return numba.get_num_threads()
+
+
 def main():
     try:
         cli.main(standalone_mode=False)

@@ -171,6 +171,8 @@ def convert_checkpoint(ckpt: Checkpoint, output, fmt: QuantFormat, embed_fmt: Qu
             for plane, array in q.planes().items():
                 writer.write(f"{name}.{plane}", array)
             t.done()
+            del q  # free this tensor before the next is decoded: peak memory stays one tensor
+            w = None
         if tokenizer_blob:
             writer.write("qllama.tokenizer", np.frombuffer(tokenizer_blob, np.uint8))
         writer.close()

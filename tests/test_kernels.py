@@ -49,3 +49,12 @@ def test_fast_smollm2_matches_reference(smollm2_gguf):
     ids = fast.tokenizer.encode("The capital of France is")
     assert np.abs(fast.logits(ids) - ref.logits(ids)).max() < 1e-2
     assert greedy(fast, "The capital of France is", 32) == greedy(ref, "The capital of France is", 32)
+
+
+def test_bench_command_reports_speeds():
+    from cli_helpers import qllama as qllama_cli
+    result = qllama_cli("bench", "-m", SHARED_MODELS / "stories260K" / "stories260K.bin", "--decode-tokens", "4",
+                        "--threads", "1")
+    assert result.returncode == 0, result.stderr
+    for fact in ("prefill  128 tokens", "decode:", "GB/s", "peak RSS", "1 threads"):
+        assert fact in result.stdout, fact
