@@ -25,19 +25,24 @@ def group_sums(x, n_groups):
 @nb.njit(cache=True, parallel=True, fastmath=True)
 def matvec_4bit(qweight, scales, offsets, x, xsum, out):
     """W (rows, in) as 4-bit planes @ x (in_padded,) -> out (rows,).
-    qweight (rows, n_groups*G/2) uint8: byte j of a group holds weight j (low) and j + G/2 (high)."""
+    qweight (rows, n_groups*G/2) uint8: byte j of a group holds weight j (low) and j + G/2 (high).
+    The nibbles are split in float32 arithmetic on the bytes read as int8: Numba widens integer
+    math to int64 (and uint8 -> float goes through uint64), neither of which AVX2 vectorizes."""
     rows, n_groups = scales.shape
     half = qweight.shape[1] // n_groups
+    signed = qweight.view(np.int8)
     for r in nb.prange(rows):
         acc = np.float32(0.0)
         for gi in range(n_groups):
-            codes = qweight[r, gi * half:(gi + 1) * half]
+            codes = signed[r, gi * half:(gi + 1) * half]
             xlo = x[2 * gi * half:(2 * gi + 1) * half]
             xhi = x[(2 * gi + 1) * half:(2 * gi + 2) * half]
             s = np.float32(0.0)
             for j in range(half):
-                b = np.int32(codes[j])
-                s += np.float32(b & 15) * xlo[j] + np.float32(b >> 4) * xhi[j]
+                c = np.float32(codes[j])
+                c = c + np.float32(256.0) if c < 0 else c          # the byte, 0..255
+                hi = np.floor(c * np.float32(0.0625))
+                s += (c - np.float32(16.0) * hi) * xlo[j] + hi * xhi[j]
             acc += scales[r, gi] * s + offsets[r, gi] * xsum[gi]
         out[r] = acc
 
