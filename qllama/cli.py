@@ -21,6 +21,8 @@ D = SamplingParams()  # each default is defined once, in SamplingParams
 def model_options(f):
     f = click.option("--tokenizer", type=click.Path(dir_okay=False), default=None,
                      help="SentencePiece .model or tokenizer.json, when not found beside the model.")(f)
+    f = click.option("--kv-cache", "kv_dtype", type=click.Choice(["f16", "f32"]), default=None,
+                     help="KV cache type (default f16; f32 with --reference).")(f)
     f = click.option("--threads", type=click.IntRange(min=1), default=None,
                      help="Kernel threads (default: all cores).")(f)
     f = click.option("--ctx", type=click.IntRange(min=1), default=None,
@@ -44,11 +46,11 @@ def sampling_options(f):
     return f
 
 
-def open_model(model, ctx, tokenizer, threads=None):
+def open_model(model, ctx, tokenizer, threads=None, kv_dtype=None):
     from .model import load
     from .pull import resolve_model
     set_threads(threads)
-    return load(resolve_model(model), ctx=ctx, tokenizer=tokenizer)
+    return load(resolve_model(model), ctx=ctx, tokenizer=tokenizer, kv_dtype=kv_dtype)
 
 
 @click.group()
@@ -63,10 +65,10 @@ def cli():
 @sampling_options
 @click.option("--max-tokens", type=click.IntRange(min=0), default=DEFAULT_MAX_TOKENS, show_default=True)
 @click.option("--stop", multiple=True, help="Stop before this text (repeatable).")
-def run(prompt, model, ctx, tokenizer, threads, max_tokens, stop, **sampling):
+def run(prompt, model, ctx, tokenizer, threads, kv_dtype, max_tokens, stop, **sampling):
     """Complete PROMPT and stream the text to stdout."""
     from .generate import generate_text
-    m = open_model(model, ctx, tokenizer, threads)
+    m = open_model(model, ctx, tokenizer, threads, kv_dtype)
     if m.tokenizer is None:
         raise QllamaError(f"{m.checkpoint.path}: no tokenizer found; name one with --tokenizer")
     sys.stdout.write(prompt)
@@ -116,7 +118,7 @@ def pull():
 @model_options
 @click.option("--reference", default=None,
               help="A second model with the same tokenizer (e.g. unquantized): adds KL divergence and top-token agreement.")
-def perplexity(textfile, model, ctx, tokenizer, threads, reference):
+def perplexity(textfile, model, ctx, tokenizer, threads, kv_dtype, reference):
     """Perplexity of the model on TEXTFILE, computed as llama.cpp's perplexity tool does.
 
     The text is cut into windows of --ctx tokens (default 512, or the model's context when
@@ -124,7 +126,7 @@ def perplexity(textfile, model, ctx, tokenizer, threads, reference):
     """
     from .perplexity import format_report, perplexity, print_progress, read_text
     text = read_text(textfile)
-    m = open_model(model, None, tokenizer, threads)
+    m = open_model(model, None, tokenizer, threads, kv_dtype)
     ref = open_model(reference, None, tokenizer) if reference else None
     result = perplexity(m, text, ctx=ctx, reference=ref, progress=print_progress if sys.stderr.isatty() else None)
     click.echo(format_report(result))
@@ -176,14 +178,15 @@ def quantize(source, output, method, **options):
 @model_options
 @click.option("--reference", is_flag=True, help="Time the numpy float32 reference path instead of the kernels.")
 @click.option("--decode-tokens", type=click.IntRange(min=1), default=64, show_default=True)
-def bench_command(model, ctx, tokenizer, threads, reference, decode_tokens):
+def bench_command(model, ctx, tokenizer, threads, kv_dtype, reference, decode_tokens):
     """Prefill and decode tokens/s, bytes per token, GB/s and peak RSS of MODEL."""
     from .benchmark import bench
     from .model import load
     from .pull import resolve_model
     set_threads(threads)
     path = resolve_model(model)
-    result = bench(lambda: load(path, ctx=ctx, tokenizer=tokenizer, reference=reference), n_decode=decode_tokens)
+    result = bench(lambda: load(path, ctx=ctx, tokenizer=tokenizer, reference=reference, kv_dtype=kv_dtype),
+                   n_decode=decode_tokens)
     click.echo(f"model: {path} ({'reference' if reference else 'kernels'}, {numba_threads()} threads)")
     click.echo(result.report())
 

@@ -18,6 +18,7 @@ from .quantize.formats import BY_GGML_TYPE
 from .quantize.tensor import from_ggml_blocks
 from .rope import apply_rope, rope_tables
 
+KV_DTYPES = {"f16": np.float16, "f32": np.float32}
 DEFAULT_CTX = 4096  # like llama.cpp: a long-context model gets this unless asked for more
 
 
@@ -66,6 +67,7 @@ def forward(w: dict, args: ModelArgs, cache: KVCache, cos, sin, tokens: np.ndarr
         v = linear(p + "self_attn.v_proj.weight", h).reshape(n, args.n_kv_heads, args.head_dim)
         q, k = apply_rope(q, rc, rs), apply_rope(k, rc, rs)
         keys, values = cache.update(i, pos, k, v)                       # (pos+n, kv_heads, hd)
+        keys, values = keys.astype(np.float32, copy=False), values.astype(np.float32, copy=False)
         att = attention(q, keys, values, pos, args.n_rep)               # (n, q_dim)
         x = x + linear(p + "self_attn.o_proj.weight", att)
         # feed-forward: rmsnorm, SwiGLU, project back, residual
@@ -81,7 +83,8 @@ def forward(w: dict, args: ModelArgs, cache: KVCache, cos, sin, tokens: np.ndarr
 class Model:
     """A loaded model with its own KV cache: `logits()` for whole sequences, `generate()` for text."""
 
-    def __init__(self, checkpoint: Checkpoint, ctx: int | None = None, reference: bool = False):
+    def __init__(self, checkpoint: Checkpoint, ctx: int | None = None, reference: bool = False,
+                 kv_dtype: str | None = None):
         self.checkpoint = checkpoint
         self.args = checkpoint.args
         self.tokenizer = checkpoint.tokenizer
@@ -90,7 +93,11 @@ class Model:
         if self.ctx <= 0:
             raise QllamaError(f"context size must be positive, got {self.ctx}")
         self.weights = {name: build_weight(t, reference) for name, t in checkpoint.tensors.items()}
-        self.cache = KVCache(self.args, self.ctx)
+        # the reference keeps float32 keys/values; the fast path float16 (half the memory and reads)
+        kv_dtype = kv_dtype or ("f32" if reference else "f16")
+        if kv_dtype not in KV_DTYPES:
+            raise QllamaError(f"KV cache type {kv_dtype!r} is not one of {', '.join(KV_DTYPES)}")
+        self.cache = KVCache(self.args, self.ctx, KV_DTYPES[kv_dtype])
         self.cos, self.sin = rope_tables(self.args, self.ctx)
         self.n_past = 0                 # positions of the cache holding `self.past_tokens`
         self.past_tokens: list[int] = []
@@ -138,7 +145,8 @@ def build_weight(t: SourceTensor, reference: bool):
     return DenseLinear(t.float32())
 
 
-def load(path, ctx: int | None = None, tokenizer=None, reference: bool = False) -> Model:
+def load(path, ctx: int | None = None, tokenizer=None, reference: bool = False, kv_dtype: str | None = None) -> Model:
     """Load any supported checkpoint (HF folder, GGUF, llama2.c .bin, qllama file) into a Model.
-    reference=True runs the numpy float32 reference path instead of the quantized kernels."""
-    return Model(open_checkpoint(path, tokenizer), ctx, reference)
+    reference=True runs the numpy float32 reference path instead of the quantized kernels;
+    kv_dtype "f16" (the fast path's default) or "f32" (the reference's)."""
+    return Model(open_checkpoint(path, tokenizer), ctx, reference, kv_dtype)

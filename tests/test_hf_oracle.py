@@ -23,7 +23,7 @@ def oracle(variant):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_logits_match_transformers(variant):
     folder, tokens, expected = oracle(variant)
-    model = qllama.load(folder)
+    model = qllama.load(folder, reference=True)
     got = model.logits(tokens)
     assert got.dtype == np.float32 and got.shape == expected.shape
     assert np.abs(got - expected).max() <= 1e-4
@@ -32,7 +32,7 @@ def test_logits_match_transformers(variant):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_prefill_then_one_by_one_matches_transformers(variant):
     folder, tokens, expected = oracle(variant)
-    model = qllama.load(folder)
+    model = qllama.load(folder, reference=True)
     split = len(tokens) // 3
     rows = [model.forward(tokens[:split], 0)]
     rows += [model.forward([t], split + i) for i, t in enumerate(tokens[split:])]
@@ -54,3 +54,10 @@ def test_tokenizer_json_encodes_like_transformers():
     for case in cases:  # transformers parses special tokens written in the text, as parse_special=True does
         assert tok.encode(case["text"], add_bos=False, parse_special=True) == case["ids"], case["text"]
         assert tok.encode(case["text"], parse_special=True) == case["ids_with_special_tokens"], case["text"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_default_fast_path_with_float16_cache_stays_close(variant):
+    folder, tokens, expected = oracle(variant)
+    got = qllama.load(folder).logits(tokens)                 # float16 KV cache: ~1e-3 relative rounding
+    assert np.abs(got - expected).max() <= 2e-2 * np.abs(expected).max()

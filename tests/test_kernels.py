@@ -38,8 +38,8 @@ def test_fast_quantized_stories_matches_reference(tmp_path):
     fast, ref = qllama.load(out), qllama.load(out, reference=True)
     assert isinstance(fast.weights["model.layers.0.mlp.up_proj.weight"], QuantLinear)
     ids = fast.tokenizer.encode("Once upon a time there was a big dog")
-    # float32 reassociation only: logits agree to ~1e-5 of their scale
-    assert np.abs(fast.logits(ids) - ref.logits(ids)).max() < 1e-3
+    # with a float32 cache, only float32 reassociation differs: logits agree to ~1e-5 of their scale
+    assert np.abs(qllama.load(out, kv_dtype="f32").logits(ids) - ref.logits(ids)).max() < 1e-3
     assert greedy(fast, "Once upon a time", 32) == greedy(ref, "Once upon a time", 32)
 
 
@@ -47,7 +47,7 @@ def test_fast_smollm2_matches_reference(smollm2_gguf):
     fast, ref = qllama.load(smollm2_gguf), qllama.load(smollm2_gguf, reference=True)
     assert isinstance(fast.weights["model.layers.0.self_attn.q_proj.weight"], QuantLinear)
     ids = fast.tokenizer.encode("The capital of France is")
-    assert np.abs(fast.logits(ids) - ref.logits(ids)).max() < 1e-2
+    assert np.abs(qllama.load(smollm2_gguf, kv_dtype="f32").logits(ids) - ref.logits(ids)).max() < 1e-2
     assert greedy(fast, "The capital of France is", 32) == greedy(ref, "The capital of France is", 32)
 
 
