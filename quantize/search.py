@@ -126,11 +126,29 @@ def search_asymmetric(x, w, qmax):
                 err = _error_asymmetric(xi, wi, d, m, qmax)
                 if err < best_err:
                     best_err, best_d, best_m = err, d, m
-        scales[i], mins[i] = best_d, best_m
         inv = 1.0 / best_d if best_d > 0.0 else 0.0
         for j in range(g):
             levels[i, j] = min(max(int(np.round((xi[j] - best_m) * inv)), 0), qmax)
+        # the final codes came from re-rounding, so refit m for them: the group's (weighted) mean
+        # error becomes zero instead of drifting one way in every group (a bias all rows share)
+        sw = swr = 0.0
+        for j in range(g):
+            sw += wi[j]
+            swr += wi[j] * (xi[j] - best_d * levels[i, j])
+        m = _f16(swr / sw) if sw > 0 else best_m
+        if _error_fixed(xi, wi, best_d, m, levels[i]) < _error_fixed(xi, wi, best_d, best_m, levels[i]):
+            best_m = m
+        scales[i], mins[i] = best_d, best_m
     return levels, scales, mins
+
+
+@nb.njit(cache=True, inline="always")
+def _error_fixed(xi, wi, d, m, lv):
+    err = 0.0
+    for j in range(xi.shape[0]):
+        diff = xi[j] - d * lv[j] - m
+        err += wi[j] * diff * diff
+    return err
 
 
 @nb.njit(cache=True, inline="always")
