@@ -32,10 +32,9 @@ import shutil
 import subprocess
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from machine_info import REPO, git_commit, machine_line, version  # noqa: E402 (bench/ is on sys.path)
 DIM, N_LAYERS, N_HEADS, HIDDEN, VOCAB = 4096, 32, 32, 11008, 32000
 MAX_SHARD_BYTES = 5 * 10**9          # transformers' default max_shard_size="5GB"
 CHUNK_VALUES = 1 << 22                # values generated per task: 16 MiB of float32, 8 MiB of float16
@@ -263,42 +262,6 @@ def run_measured(cmd: list[str], log_path: Path | None = None) -> tuple[int, flo
 
 # ---------------------------------------------------------------------------------- reporting
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def total_ram_bytes() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True,
-                             text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def filesystem_type(path: Path) -> str | None:
     """The type of the mount holding `path` (the longest mount point that is a prefix of it)."""
     best, fstype = "", None
@@ -394,7 +357,6 @@ def main() -> None:
         results.append((fmt, wall, rss, size, 8 * size / n_params, cpu, summary))
         print(f"  {wall:.1f} s, peak RSS {rss / MiB:.0f} MiB; {summary}", file=sys.stderr, flush=True)
 
-    ram = total_ram_bytes()
     own_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     shape = (f"dim {DIM}, {args.layers} layers, {N_HEADS} heads, hidden {HIDDEN}, vocab {VOCAB}"
              + ("" if args.layers == N_LAYERS else f" (the real model has {N_LAYERS} layers)"))
@@ -404,9 +366,7 @@ def main() -> None:
         f"### `qllama quantize`, Llama-2-7B shape, {args.layers} layers",
         "",
         f"- Command: `{command}`",
-        f"- Machine: {cpu_model()}, {len(os.sched_getaffinity(0))} CPUs (nproc), "
-        + (f"{ram / 2**30:.1f} GiB RAM" if ram else "RAM unknown")
-        + f"; {platform.system()} {platform.release()}; workdir on {filesystem_type(workdir) or 'unknown fs'}",
+        f"- Machine: {machine_line()}; workdir on {filesystem_type(workdir) or 'unknown fs'}",
         f"- Software: Python {platform.python_version()}, numpy {version('numpy')}, numba {version('numba')}, "
         f"qllama {version('qllama')} (git {git_commit()})",
         f"- Source: random float16, Hugging Face layout, {shape}; {n_params:,} parameters, "

@@ -46,10 +46,9 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from machine_info import REPO, git_commit, machine_line, version  # noqa: E402 (bench/ is on sys.path)
 VOCAB_GGUF = REPO.parent / "shared" / "models" / "llama-tokenizer" / "ggml-vocab-llama-spm.gguf"
 PREFILL_LENGTHS = (128, 512)
 N_DECODE = 64
@@ -309,42 +308,6 @@ def run_child(which: str, path: Path, threads: int) -> dict:
 
 # ---------------------------------------------------------------- the report
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def total_ram_gib() -> float | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) / 2**20
-    except OSError:
-        pass
-    return None
-
-
-def version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True,
-                             text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def llamacpp_system_info() -> str:
     import llama_cpp
     info = llama_cpp.llama_print_system_info()
@@ -361,14 +324,12 @@ def ratio(a: list[float], b: list[float]) -> str:
 
 
 def report(args, command: str, results: list[dict]) -> str:
-    ram = total_ram_gib()
     first = results[0]["facts"]["meta"]
     lines = [
         f"### qllama vs llama.cpp: {args.shape} shape, {args.threads} thread{'s' if args.threads > 1 else ''}",
         "",
         f"- Command: `{command}`",
-        f"- Machine: {cpu_model()}, {len(os.sched_getaffinity(0))} CPUs (nproc)"
-        + (f", {ram:.1f} GiB RAM" if ram else "") + f"; {platform.system()} {platform.release()}; "
+        f"- Machine: {machine_line()}; "
         f"load average {args.load_average:.2f} at start (other work skews threaded timings)",
         f"- Software: Python {platform.python_version()}, numpy {version('numpy')}, numba {version('numba')}, "
         f"qllama {version('qllama')} (git {git_commit()}), llama-cpp-python {version('llama-cpp-python')}",
