@@ -99,8 +99,7 @@ class Model:
             raise QllamaError(f"KV cache type {kv_dtype!r} is not one of {', '.join(KV_DTYPES)}")
         self.cache = KVCache(self.args, self.ctx, KV_DTYPES[kv_dtype])
         self.cos, self.sin = rope_tables(self.args, self.ctx)
-        self.n_past = 0                 # positions of the cache holding `self.past_tokens`
-        self.past_tokens: list[int] = []
+        self.past_tokens: list[int] = []  # the tokens whose keys/values the cache holds, in order
 
     def forward(self, tokens, pos: int, last_only: bool = False, observe=None) -> np.ndarray:
         """Run tokens at positions pos.. (the cache must hold 0..pos-1); float32 logits."""
@@ -110,9 +109,14 @@ class Model:
         if pos + len(tokens) > self.ctx:
             raise QllamaError(f"{pos + len(tokens)} tokens do not fit in the context of {self.ctx} tokens")
         logits = forward(self.weights, self.args, self.cache, self.cos, self.sin, tokens, pos, last_only, observe)
-        self.past_tokens = self.past_tokens[:pos] + tokens.tolist()
-        self.n_past = pos + len(tokens)
+        del self.past_tokens[pos:]                  # in place: a decode step appends, never copies
+        self.past_tokens.extend(tokens.tolist())
         return logits.astype(np.float32, copy=False)
+
+    @property
+    def n_past(self) -> int:
+        """Positions of the cache in use."""
+        return len(self.past_tokens)
 
     def logits(self, token_ids) -> np.ndarray:
         """float32 logits (n_tokens, vocab) of one sequence starting at position 0."""
