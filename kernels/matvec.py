@@ -1,95 +1,81 @@
 """Dequantize-matmul kernels that read qllama's planes directly (Numba, any CPU Numba supports).
 
-Every format's value is d * q + c per group (q8: c = 0; q4: c = -8 d; q4a: c = m), so one kernel
-per code width serves all families:  y[r] = sum_g d[r,g] * (q[r,g,:] . x[g,:]) + c[r,g] * xsum[g],
-with xsum (the per-group sums of x) computed once per call. Decode (one token) is a GEMV that
-reads each weight byte once; prefill dequantizes row tiles to float32 and lets BLAS multiply.
-Threads split output rows (prange). Scales arrive as float32: Numba has no float16 on the CPU.
+Decode (one token) is a GEMV that reads each weight byte once: the activation is quantized to int8
+per group once per matmul, and the integer block dot products run in LLVM vector IR (vector_ir.py),
+four rows per step so each activation load serves four rows. Prefill (many tokens) dequantizes row
+tiles to float32 and lets BLAS multiply. Threads split the output rows (prange).
+
+Every format's value is d * code + c per group (q8: c = 0; q4: c = -8 d; q4a: c = m), so
+  y[r] = sum_g d[r,g] * dx[g] * (codes[r,g,:] . xq[g,:]) + c[r,g] * xsum[g].
+Scales and mins stay fp16 (read as uint16 bits, converted in the kernel): Numba has no float16 on
+the CPU, and float32 copies would add a third to the bytes a 4-bit GEMV reads.
 """
 from __future__ import annotations
 
 import numba as nb
 import numpy as np
 
+from .vector_ir import half_to_float, rows_dot
 
-@nb.njit(cache=True, parallel=True, fastmath=True)
-def group_sums(x, n_groups):
-    """x (n_groups * G,) -> (n_groups,) sums per group."""
-    g = x.shape[0] // n_groups
-    out = np.empty(n_groups, np.float32)
-    for i in nb.prange(n_groups):
-        out[i] = np.sum(x[i * g:(i + 1) * g])
-    return out
+ROWS_PER_STEP = 4
+_dot4 = rows_dot(ROWS_PER_STEP)
+_dot1 = rows_dot(1)
 
 
-@nb.njit(cache=True, parallel=True, fastmath=True)
-def matvec_4bit(qweight, scales, offsets, x, xsum, out):
-    """W (rows, in) as 4-bit planes @ x (in_padded,) -> out (rows,).
-    qweight (rows, n_groups*G/2) uint8: byte j of a group holds weight j (low) and j + G/2 (high).
-    The nibbles are split in float32 arithmetic on the bytes read as int8: Numba widens integer
-    math to int64 (and uint8 -> float goes through uint64), neither of which AVX2 vectorizes."""
-    rows, n_groups = scales.shape
-    half = qweight.shape[1] // n_groups
-    signed = qweight.view(np.int8)
-    for r in nb.prange(rows):
-        acc = np.float32(0.0)
-        for gi in range(n_groups):
-            codes = signed[r, gi * half:(gi + 1) * half]
-            xlo = x[2 * gi * half:(2 * gi + 1) * half]
-            xhi = x[(2 * gi + 1) * half:(2 * gi + 2) * half]
-            s = np.float32(0.0)
-            for j in range(half):
-                c = np.float32(codes[j])
-                c = c + np.float32(256.0) if c < 0 else c          # the byte, 0..255
-                hi = np.floor(c * np.float32(0.0625))
-                s += (c - np.float32(16.0) * hi) * xlo[j] + hi * xhi[j]
-            acc += scales[r, gi] * s + offsets[r, gi] * xsum[gi]
-        out[r] = acc
+@nb.njit(cache=True, fastmath=True)
+def quantize_activation(x, group, xq, xd, xsum):
+    """x (n_groups * group,) float32 -> xq int8 codes, xd (n_groups,) scales (amax / 127), and
+    xsum (n_groups,) the sums of the quantized x per group (for the offsets and mins: with the sum
+    of the same x the codes saw, the kernel computes W . x_quantized exactly, and the large offset
+    term of 4-bit codes cancels instead of leaving 8 d times the activation's rounding error)."""
+    for g in range(xd.shape[0]):
+        v = x[g * group:(g + 1) * group]
+        amax = np.float32(0.0)
+        for j in range(group):
+            amax = max(amax, abs(v[j]))
+        d = amax / np.float32(127.0)
+        inv = np.float32(1.0) / d if d > 0 else np.float32(0.0)
+        s = 0
+        for j in range(group):
+            q = np.int32(np.rint(v[j] * inv))
+            xq[g * group + j] = np.int8(q)
+            s += q
+        xd[g] = d
+        xsum[g] = d * np.float32(s)
 
 
-@nb.njit(cache=True, parallel=True, fastmath=True)
-def matvec_8bit(qweight, scales, offsets, x, xsum, out):
-    """W (rows, in) as 8-bit planes @ x (in_padded,) -> out (rows,). qweight holds int8 codes as uint8."""
-    rows, n_groups = scales.shape
-    g = qweight.shape[1] // n_groups
-    codes_all = qweight.view(np.int8)
-    for r in nb.prange(rows):
-        acc = np.float32(0.0)
-        for gi in range(n_groups):
-            codes = codes_all[r, gi * g:(gi + 1) * g]
-            xs = x[gi * g:(gi + 1) * g]
-            s = np.float32(0.0)
-            for j in range(g):
-                s += np.float32(codes[j]) * xs[j]
-            acc += scales[r, gi] * s + offsets[r, gi] * xsum[gi]
-        out[r] = acc
+@nb.njit(cache=True, parallel=True)
+def matvec(qweight, scales, mins, xq, xd, xsum, out, variant):
+    """out (rows,) = W @ x for W's planes and x quantized by quantize_activation."""
+    rows = out.shape[0]
+    steps = rows // ROWS_PER_STEP
+    tail = rows - steps * ROWS_PER_STEP
+    for i in nb.prange(steps + tail):
+        if i < steps:
+            r = i * ROWS_PER_STEP
+            _dot4(qweight, scales, mins, r, xq, xd, xsum, out, r, variant)
+        else:
+            r = steps * ROWS_PER_STEP + (i - steps)
+            _dot1(qweight, scales, mins, r, xq, xd, xsum, out, r, variant)
 
 
 @nb.njit(cache=True, parallel=True, fastmath=True)
-def dequantize_4bit(qweight, scales, offsets, r0, r1, out):
-    """Rows r0..r1 of 4-bit planes -> out (r1 - r0, in_padded) float32."""
+def dequantize(qweight, scales, mins, bits, offset, r0, r1, out):
+    """Rows r0..r1 of the planes -> out (r1 - r0, in_padded) float32. scales, mins: fp16 bits (uint16);
+    mins of length 0 for symmetric formats, whose c is -offset * d."""
     n_groups = scales.shape[1]
-    half = qweight.shape[1] // n_groups
-    for r in nb.prange(r1 - r0):
-        for gi in range(n_groups):
-            d, c = scales[r0 + r, gi], offsets[r0 + r, gi]
-            for j in range(half):
-                b = np.int32(qweight[r0 + r, gi * half + j])
-                out[r, 2 * gi * half + j] = d * np.float32(b & 15) + c
-                out[r, (2 * gi + 1) * half + j] = d * np.float32(b >> 4) + c
-
-
-@nb.njit(cache=True, parallel=True, fastmath=True)
-def dequantize_8bit(qweight, scales, offsets, r0, r1, out):
-    """Rows r0..r1 of 8-bit planes -> out (r1 - r0, in_padded) float32."""
-    n_groups = scales.shape[1]
-    g = qweight.shape[1] // n_groups
+    qbytes = qweight.shape[1] // n_groups
     codes = qweight.view(np.int8)
+    has_mins = mins.size > 0
     for r in nb.prange(r1 - r0):
         for gi in range(n_groups):
-            d, c = scales[r0 + r, gi], offsets[r0 + r, gi]
-            for j in range(g):
-                out[r, gi * g + j] = d * np.float32(codes[r0 + r, gi * g + j]) + c
-
-
-KERNELS = {4: (matvec_4bit, dequantize_4bit), 8: (matvec_8bit, dequantize_8bit)}
+            d = half_to_float(scales[r0 + r, gi])
+            c = half_to_float(mins[r0 + r, gi]) if has_mins else -np.float32(offset) * d
+            if bits == 4:
+                for j in range(qbytes):
+                    b = np.int32(qweight[r0 + r, gi * qbytes + j])
+                    out[r, 2 * gi * qbytes + j] = d * np.float32(b & 15) + c
+                    out[r, (2 * gi + 1) * qbytes + j] = d * np.float32(b >> 4) + c
+            else:
+                for j in range(qbytes):
+                    out[r, gi * qbytes + j] = d * np.float32(codes[r0 + r, gi * qbytes + j]) + c

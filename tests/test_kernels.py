@@ -5,26 +5,54 @@ import pytest
 
 import qllama
 from paths import SHARED_MODELS
-from qllama.linear import QuantLinear
+from qllama.kernels.matvec import quantize_activation
+from qllama.linear import PREFILL_MIN_TOKENS, QuantLinear
 from qllama.quantize.formats import FORMATS
 from qllama.quantize.tensor import quantize_matrix
 
 RNG = np.random.default_rng(2)
 
 
+def quantize_activation_numpy(x, group):
+    """Our own numpy statement of the int8 activation format: per group, d = amax / 127, codes
+    rounded half to even; returns the dequantized x the integer kernels multiply by exactly."""
+    g = x.reshape(-1, group).astype(np.float32)
+    d = np.abs(g).max(axis=1) / np.float32(127)
+    inv = np.where(d > 0, 1 / np.where(d > 0, d, 1), 0).astype(np.float32)
+    codes = np.rint(g * inv[:, None]).astype(np.int8)
+    return codes.reshape(-1), d, (codes * d[:, None]).reshape(-1)
+
+
+@pytest.mark.parametrize("group", [32, 64, 128])
+def test_activation_quantization_matches_numpy(group):
+    x = RNG.standard_normal(4 * group).astype(np.float32) * np.repeat([1e-3, 1, 0, 50], group).astype(np.float32)
+    xq, xd, xsum = np.empty(len(x), np.int8), np.empty(4, np.float32), np.empty(4, np.float32)
+    quantize_activation(x, group, xq, xd, xsum)
+    codes, d, x_hat = quantize_activation_numpy(x, group)
+    assert np.array_equal(xq, codes) and np.allclose(xd, d, rtol=1e-6, atol=0)
+    assert np.allclose(xsum, x_hat.reshape(4, group).sum(axis=1), rtol=1e-5, atol=1e-6)
+    assert np.abs(x_hat - x).max() <= 0.5 * d.max() * (1 + 1e-5)       # rounding, never clipping
+
+
+@pytest.mark.parametrize("portable", [False, True], ids=["native", "portable"])
 @pytest.mark.parametrize("fmt", FORMATS.values(), ids=FORMATS.keys())
-@pytest.mark.parametrize("rows, cols", [(37, 172), (64, 256), (5, 40)])    # odd rows, ragged groups
-def test_kernels_match_the_reference_dequantize(fmt, rows, cols):
+@pytest.mark.parametrize("rows, cols", [(37, 172), (64, 256), (5, 40), (9, 1024)])  # odd rows, ragged groups
+def test_kernels_match_the_reference_dequantize(fmt, rows, cols, portable):
     w = RNG.standard_normal((rows, cols)).astype(np.float32)
     q = quantize_matrix(w, fmt)
-    lin, ref = QuantLinear(q), q.dequantize()
-    for n in (1, 2, 9):                                   # decode GEMV and prefill tiles
+    lin, ref = QuantLinear(q, portable=portable), q.dequantize().astype(np.float64)
+    for n in (1, 2, 9):                                   # decode GEMVs, then prefill tiles
         x = RNG.standard_normal((n, cols)).astype(np.float32)
-        expected = x.astype(np.float64) @ ref.T.astype(np.float64)
-        # float32 sums of `cols` products: error ~ sqrt(cols) * eps * |terms|
-        assert np.abs(lin(x) - expected).max() <= 1e-5 * (np.abs(x) @ np.abs(ref).T).max() + 1e-4
+        x_used = x
+        if n < PREFILL_MIN_TOKENS:
+            # the GEMV multiplies by the int8-quantized activation: exactly W . x_hat in exact
+            # arithmetic, so only float32 summation error remains (~ sqrt(cols) eps |terms|)
+            padded = np.pad(x, ((0, 0), (0, lin.in_padded - cols)))
+            x_used = np.stack([quantize_activation_numpy(row, fmt.group_size)[2] for row in padded])[:, :cols]
+        expected = x_used.astype(np.float64) @ ref.T
+        assert np.abs(lin(x) - expected).max() <= 1e-5 * (np.abs(x_used) @ np.abs(ref).T).max() + 1e-5
     ids = [rows - 1, 0, rows // 2]
-    assert np.array_equal(lin.rows(ids), ref[ids])
+    assert np.array_equal(lin.rows(ids), ref[ids].astype(np.float32))
 
 
 def greedy(model, prompt, n):
