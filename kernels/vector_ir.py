@@ -4,8 +4,9 @@ Numba widens every integer narrower than 64 bits to int64 before arithmetic, so 
 written as a Numba loop runs in 64-bit lanes. These intrinsics emit the IR directly (no C compiler
 at run time): per group, the weight codes times the int8 activation codes are summed in 32-bit
 integer lanes, converted to float and accumulated with the two scales in an 8-lane float register,
-as ggml's AVX2 kernels do; the horizontal sum happens once per row. `rows_dot(R)` makes one
-intrinsic that does R rows at once, sharing each activation load across them, for every format.
+as ggml's AVX2 kernels do; the horizontal sum happens once per row. `tile_dot(R, T)` makes one
+intrinsic that does R rows times T tokens at once, for every format: each weight load serves T
+tokens and each activation load R rows (prefill's GEMM is these tiles; decode's GEMV has T = 1).
 
 Two ways to the integer products, both compiled, picked at run time by `variant()`:
 - portable: widen to i16, multiply, add neighbouring pairs into i32. Any CPU LLVM targets (ARM too).
@@ -100,8 +101,12 @@ def _x86_madd(b, u, s):
     return b.call(maddwd, [b.call(maddubs, [u, s]), _const(I16, 16, 1)])
 
 
-def _int_dot_u8s8_x86(b, u, s):
-    return _x86_madd(b, u, s)
+def _int_dot_u8s8(b, u, s, x86):
+    return _x86_madd(b, u, s) if x86 else _int_dot_u8s8_portable(b, u, s)
+
+
+def _int_dot_s8s8(b, w, s, x86):
+    return _int_dot_s8s8_x86(b, w, s) if x86 else _int_dot_s8s8_portable(b, w, s)
 
 
 def _int_dot_s8s8_x86(b, w, s):
@@ -124,81 +129,94 @@ def _hsum(b, v):
     return b.extract_element(v, ir.Constant(I32, 0))
 
 
-def _define_rows_dot(module, name, n_rows, bits, group, has_mins, offset, x86, exact_half):
-    """void f(i8* w, i64 w_stride, i16* d, i16* m, i64 s_stride, i8* xq, f32* xd, f32* xsum,
-              i64 n_groups, f32* out): out[r] = row r of W . x for r < n_rows."""
+def _define_tile_dot(module, name, n_rows, n_tokens, bits, group, has_mins, offset, x86, exact_half):
+    """void f(i8* w, i64 w_stride, i16* d, i16* m, i64 s_stride, i8* xq, i64 xq_stride, f32* xd,
+              f32* xsum, i64 x_stride, i64 n_groups, f32* out, i64 out_stride):
+    out[t * out_stride + r] = (row r of W) . (token t of x) for r < n_rows, t < n_tokens.
+    Each group's weight codes are loaded once for all the tokens, each token's codes once for all
+    the rows; the n_rows * n_tokens accumulators are 8-lane float vectors."""
     i8p, i16p, f32p = I8.as_pointer(), I16.as_pointer(), F32.as_pointer()
-    fnty = ir.FunctionType(ir.VoidType(), [i8p, I64, i16p, i16p, I64, i8p, f32p, f32p, I64, f32p])
+    fnty = ir.FunctionType(ir.VoidType(), [i8p, I64, i16p, i16p, I64, i8p, I64, f32p, f32p, I64, I64, f32p, I64])
     fn = ir.Function(module, fnty, name)
     fn.linkage = "internal"
     fn.attributes.add("alwaysinline")
-    w, w_stride, dp, mp, s_stride, xq, xd, xs, n_groups, out = fn.args
+    w, w_stride, dp, mp, s_stride, xq, xq_stride, xd, xs, x_stride, n_groups, out, out_stride = fn.args
     entry, loop, done = fn.append_basic_block("entry"), fn.append_basic_block("loop"), fn.append_basic_block("done")
     b = ir.IRBuilder(entry)
     zero8 = ir.Constant(_vec(F32, 8), [0.0] * 8)
     qbytes = group * bits // 8
     row_w = [b.gep(w, [b.mul(w_stride, ir.Constant(I64, r))]) for r in range(n_rows)]
     row_s = [b.mul(s_stride, ir.Constant(I64, r)) for r in range(n_rows)]
+    tok_q = [b.gep(xq, [b.mul(xq_stride, ir.Constant(I64, t))]) for t in range(n_tokens)]
+    tok_x = [b.mul(x_stride, ir.Constant(I64, t)) for t in range(n_tokens)]
     b.branch(loop)
 
     b = ir.IRBuilder(loop)
     g = b.phi(I64)
-    accs = [b.phi(_vec(F32, 8)) for _ in range(n_rows)]
+    accs = [[b.phi(_vec(F32, 8)) for _ in range(n_tokens)] for _ in range(n_rows)]
     g_bytes = b.mul(g, ir.Constant(I64, qbytes))
     g_x = b.mul(g, ir.Constant(I64, group))
-    # the activation's codes for this group, in the order the weights' codes unpack to
-    x_chunks = []
-    for k in range(group // 32):
-        if bits == 4:   # byte j of a group: weight j low nibble, weight j + G/2 high nibble
-            lo = _load_vec(b, xq, b.add(g_x, ir.Constant(I64, 16 * k)), 16)
-            hi = _load_vec(b, xq, b.add(g_x, ir.Constant(I64, group // 2 + 16 * k)), 16)
-            x_chunks.append(_concat(b, lo, hi))
-        else:
-            x_chunks.append(_load_vec(b, xq, b.add(g_x, ir.Constant(I64, 32 * k)), 32))
-    dx = b.load(b.gep(xd, [g]))
-    xsum8 = b.fmul(b.load(b.gep(xs, [g])), ir.Constant(F32, 0.125))    # spread over the 8 lanes
-    dot_u8 = _int_dot_u8s8_x86 if x86 else _int_dot_u8s8_portable
-    dot_s8 = _int_dot_s8s8_x86 if x86 else _int_dot_s8s8_portable
+    fast = ["fast"]
+    # per token: its codes for this group, in the order the weight codes unpack to, and its scales
+    x_chunks, dx, c_x = [], [], []
+    for t in range(n_tokens):
+        chunks = []
+        for k in range(group // 32):
+            if bits == 4:   # byte j of a group: weight j low nibble, weight j + G/2 high nibble
+                lo = _load_vec(b, tok_q[t], b.add(g_x, ir.Constant(I64, 16 * k)), 16)
+                hi = _load_vec(b, tok_q[t], b.add(g_x, ir.Constant(I64, group // 2 + 16 * k)), 16)
+                chunks.append(_concat(b, lo, hi))
+            else:
+                chunks.append(_load_vec(b, tok_q[t], b.add(g_x, ir.Constant(I64, 32 * k)), 32))
+        x_chunks.append(chunks)
+        xi = b.add(tok_x[t], g)
+        dx.append(_splat(b, b.load(b.gep(xd, [xi]))))
+        # xsum spread over the 8 lanes; symmetric formats scale it by -offset here, once per token
+        xsum8 = b.fmul(b.load(b.gep(xs, [xi])), ir.Constant(F32, 0.125 * (1.0 if has_mins else -offset)), flags=fast)
+        c_x.append(_splat(b, xsum8))
     new_accs = []
     for r in range(n_rows):
-        isum = None
-        for k, xv in enumerate(x_chunks):
-            if bits == 4:
+        if bits == 4:
+            codes = []
+            for k in range(group // 32):
                 packed = _load_vec(b, row_w[r], b.add(g_bytes, ir.Constant(I64, 16 * k)), 16)
-                codes = _concat(b, b.and_(packed, _const(I8, 16, 15)), b.lshr(packed, _const(I8, 16, 4)))
-                part = dot_u8(b, codes, xv)
-            else:
-                part = dot_s8(b, _load_vec(b, row_w[r], b.add(g_bytes, ir.Constant(I64, 32 * k)), 32), xv)
-            isum = part if isum is None else b.add(isum, part)
+                codes.append(_concat(b, b.and_(packed, _const(I8, 16, 15)), b.lshr(packed, _const(I8, 16, 4))))
+        else:
+            codes = [_load_vec(b, row_w[r], b.add(g_bytes, ir.Constant(I64, 32 * k)), 32) for k in range(group // 32)]
         s_idx = b.add(row_s[r], g)
-        d = _half_to_float(b, b.load(b.gep(dp, [s_idx])), exact_half)
-        if has_mins:
-            c = _half_to_float(b, b.load(b.gep(mp, [s_idx])), exact_half)
-            term = b.fmul(c, xsum8, flags=["fast"])
-            lane = b.fmul(b.sitofp(isum, _vec(F32, 8)), _splat(b, b.fmul(d, dx, flags=["fast"])), flags=["fast"])
-            new_accs.append(b.fadd(accs[r], b.fadd(lane, _splat(b, term), flags=["fast"]), flags=["fast"]))
-            continue
-        # symmetric: c = -offset * d, so the group adds d * (dx * isum - offset * xsum)
-        inner = b.fadd(b.fmul(b.sitofp(isum, _vec(F32, 8)), _splat(b, dx), flags=["fast"]),
-                       _splat(b, b.fmul(xsum8, ir.Constant(F32, float(-offset)), flags=["fast"])), flags=["fast"])
-        new_accs.append(b.fadd(accs[r], b.fmul(inner, _splat(b, d), flags=["fast"]), flags=["fast"]))
+        d = _splat(b, _half_to_float(b, b.load(b.gep(dp, [s_idx])), exact_half))
+        m = _splat(b, _half_to_float(b, b.load(b.gep(mp, [s_idx])), exact_half)) if has_mins else None
+        row_accs = []
+        for t in range(n_tokens):
+            isum = None
+            for k in range(group // 32):
+                part = (_int_dot_u8s8(b, codes[k], x_chunks[t][k], x86) if bits == 4
+                        else _int_dot_s8s8(b, codes[k], x_chunks[t][k], x86))
+                isum = part if isum is None else b.add(isum, part)
+            lanes = b.fmul(b.sitofp(isum, _vec(F32, 8)), dx[t], flags=fast)
+            if has_mins:     # d * dx * isum + m * xsum
+                row_accs.append(b.fadd(accs[r][t], b.fadd(b.fmul(lanes, d, flags=fast),
+                                                          b.fmul(m, c_x[t], flags=fast), flags=fast), flags=fast))
+            else:            # d * (dx * isum - offset * xsum)
+                row_accs.append(b.fadd(accs[r][t], b.fmul(b.fadd(lanes, c_x[t], flags=fast), d, flags=fast),
+                                       flags=fast))
+        new_accs.append(row_accs)
     g_next = b.add(g, ir.Constant(I64, 1))
     b.cbranch(b.icmp_signed("<", g_next, n_groups), loop, done)
     g.add_incoming(ir.Constant(I64, 0), entry)
     g.add_incoming(g_next, loop)
-    for acc, new in zip(accs, new_accs):
-        acc.add_incoming(zero8, entry)
-        acc.add_incoming(new, loop)
+    for r in range(n_rows):
+        for t in range(n_tokens):
+            accs[r][t].add_incoming(zero8, entry)
+            accs[r][t].add_incoming(new_accs[r][t], loop)
 
     b = ir.IRBuilder(done)
-    for r in range(n_rows):
-        b.store(_hsum(b, new_accs[r]), b.gep(out, [ir.Constant(I64, r)]))
+    for t in range(n_tokens):
+        base = b.gep(out, [b.mul(out_stride, ir.Constant(I64, t))])
+        for r in range(n_rows):
+            b.store(_hsum(b, new_accs[r][t]), b.gep(base, [ir.Constant(I64, r)]))
     b.ret_void()
     return fn
-
-
-def _data(context, builder, arrty, arr, elt):
-    return builder.bitcast(context.make_array(arrty)(context, builder, arr).data, elt.as_pointer())
 
 
 # every (bits, group size, has mins) a format of quantize/formats.py can have
@@ -211,44 +229,49 @@ def variant(bits: int, group: int, has_mins: bool, portable: bool) -> int:
     return 2 * SHAPES.index((bits, group, has_mins)) + int(portable)
 
 
-def rows_dot(n_rows: int):
-    """A Numba intrinsic  f(qweight, scales, mins, row, xq, xd, xsum, out, out_index, variant)  that
-    writes out[out_index + r] = (row + r of W) . x for r < n_rows, the format and the path picked by
-    `variant` (see variant()). qweight (rows, n_groups * qbytes) uint8; scales and mins (rows,
-    n_groups) fp16 bits as uint16 (mins unused by symmetric formats); xq (n_groups * G,) int8, xd and
-    xsum (n_groups,) float32; all C-contiguous. An unknown variant writes nothing."""
+def tile_dot(n_rows: int, n_tokens: int):
+    """A Numba intrinsic  f(qweight, scales, mins, row, xq, xd, xsum, token, out, variant)  that writes
+    out[token + t, row + r] = (row + r of W) . (token + t of x) for r < n_rows, t < n_tokens, the
+    format and the path picked by `variant` (see variant()). qweight (rows, n_groups * qbytes)
+    uint8; scales and mins (rows, n_groups) fp16 bits as uint16 (mins unused by symmetric formats);
+    xq (tokens, n_groups * G) int8, xd and xsum (tokens, n_groups) float32; out (tokens, rows)
+    float32; all C-contiguous. An unknown variant writes nothing."""
     features = host_features()
     x86 = "avx2" in features
     exact_half = "sse2" not in features or "f16c" in features     # x86 without F16C: the multiply
 
     @intrinsic
-    def dot(typingctx, qweight, scales, mins, row, xq, xd, xsum, out, out_index, variant_id):
-        sig = types.void(qweight, scales, mins, row, xq, xd, xsum, out, out_index, variant_id)
+    def dot(typingctx, qweight, scales, mins, row, xq, xd, xsum, token, out, variant_id):
+        sig = types.void(qweight, scales, mins, row, xq, xd, xsum, token, out, variant_id)
 
         def codegen(context, b, signature, args):
-            qw_t, sc_t, mn_t, _, xq_t, xd_t, xs_t, out_t, _, _ = signature.args
-            qw, sc, mn, r, xq_, xd_, xs_, out_, oi, var = args
-            qwa = context.make_array(qw_t)(context, b, qw)
-            sca = context.make_array(sc_t)(context, b, sc)
-            w_stride = b.extract_value(qwa.shape, 1)
-            s_stride = b.extract_value(sca.shape, 1)
+            qw_t, sc_t, mn_t, _, xq_t, xd_t, xs_t, _, out_t, _ = signature.args
+            qw, sc, mn, r, xq_, xd_, xs_, tok, out_, var = args
+            arrays = [context.make_array(t)(context, b, a) for t, a in
+                      ((qw_t, qw), (sc_t, sc), (mn_t, mn), (xq_t, xq_), (xd_t, xd_), (xs_t, xs_), (out_t, out_))]
+            qwa, sca, mna, xqa, xda, xsa, outa = arrays
+            w_stride, s_stride = b.extract_value(qwa.shape, 1), b.extract_value(sca.shape, 1)
+            xq_stride, out_stride = b.extract_value(xqa.shape, 1), b.extract_value(outa.shape, 1)
+
+            def at(arr, elt, index):
+                return b.gep(b.bitcast(arr.data, elt.as_pointer()), [index])
             call_args = [
-                b.gep(b.bitcast(qwa.data, I8.as_pointer()), [b.mul(r, w_stride)]), w_stride,
-                b.gep(b.bitcast(sca.data, I16.as_pointer()), [b.mul(r, s_stride)]),
-                b.gep(_data(context, b, mn_t, mn, I16), [b.mul(r, s_stride)]), s_stride,
-                _data(context, b, xq_t, xq_, I8), _data(context, b, xd_t, xd_, F32),
-                _data(context, b, xs_t, xs_, F32), s_stride, b.gep(_data(context, b, out_t, out_, F32), [oi])]
+                at(qwa, I8, b.mul(r, w_stride)), w_stride, at(sca, I16, b.mul(r, s_stride)),
+                at(mna, I16, b.mul(r, s_stride)), s_stride, at(xqa, I8, b.mul(tok, xq_stride)), xq_stride,
+                at(xda, F32, b.mul(tok, s_stride)), at(xsa, F32, b.mul(tok, s_stride)), s_stride, s_stride,
+                at(outa, F32, b.add(b.mul(tok, out_stride), r)), out_stride]
             mod = b.module
-            after = b.append_basic_block("rows_dot_after")
+            after = b.append_basic_block("tile_dot_after")
             switch = b.switch(var, after)
             for shape in SHAPES:
                 for portable in (False, True):
                     bits, group, mins = shape
                     use_x86 = x86 and not portable
-                    name = f"qllama_rows_dot_{n_rows}_{bits}_{group}_{int(mins)}_{int(use_x86)}_{int(exact_half)}"
-                    fn = mod.globals.get(name) or _define_rows_dot(
-                        mod, name, n_rows, bits, group, mins, OFFSET[bits, mins], use_x86, exact_half)
-                    case = b.append_basic_block(f"rows_dot_{bits}_{group}_{int(mins)}_{int(portable)}")
+                    name = (f"qllama_tile_dot_{n_rows}x{n_tokens}_{bits}_{group}_{int(mins)}_{int(use_x86)}"
+                            f"_{int(exact_half)}")
+                    fn = mod.globals.get(name) or _define_tile_dot(
+                        mod, name, n_rows, n_tokens, bits, group, mins, OFFSET[bits, mins], use_x86, exact_half)
+                    case = b.append_basic_block(f"tile_dot_{bits}_{group}_{int(mins)}_{int(portable)}")
                     switch.add_case(ir.Constant(var.type, variant(bits, group, mins, portable)), case)
                     with b.goto_block(case):
                         b.call(fn, call_args)

@@ -1,8 +1,8 @@
 """The matrices of a model, behind one interface: `lin(x)` multiplies, `lin.rows(ids)` looks rows up.
 
 DenseLinear holds float32 (the reference); QuantLinear holds a format's planes as they are in the
-file (no copies) and runs the Numba kernels on them: an int8-activation GEMV per token for decode,
-dequantized row tiles times BLAS for prefill.
+file (no copies) and runs the Numba kernels on them: the activation quantized to int8 per group,
+then integer tiles of rows times tokens (a GEMV for one token, a GEMM for a prompt).
 """
 from __future__ import annotations
 
@@ -10,12 +10,10 @@ import os
 
 import numpy as np
 
-from .kernels.matvec import dequantize, matvec, quantize_activation
+from .kernels.matmul import dequantize, matmul, quantize_activations
 from .kernels.vector_ir import variant
 from .quantize.tensor import QuantizedTensor
 
-PREFILL_MIN_TOKENS = 4      # from here on, dequantize tiles and use BLAS instead of GEMVs
-TILE_ELEMENTS = 1 << 20     # weights per dequantized tile: 4 MB of float32, cache-friendly
 # the portable LLVM IR instead of the x86 AVX2 intrinsics (tests run both; also a debugging aid)
 PORTABLE = os.environ.get("QLLAMA_PORTABLE_KERNELS", "") in ("1", "true")
 NO_MINS = np.empty((0, 0), np.uint16)
@@ -55,20 +53,12 @@ class QuantLinear:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:          # (n, in) -> (n, out)
         xp = self._padded(x)
-        out = np.empty((len(xp), self.shape[0]), np.float32)
-        if len(xp) < PREFILL_MIN_TOKENS:
-            xq = np.empty(self.in_padded, np.int8)
-            xd, xsum = np.empty(self.n_groups, np.float32), np.empty(self.n_groups, np.float32)
-            for i, row in enumerate(xp):
-                quantize_activation(row, self.group, xq, xd, xsum)
-                matvec(self.qweight, self.scales, self.mins, xq, xd, xsum, out[i], self.variant)
-            return out
-        step = max(1, TILE_ELEMENTS // self.in_padded)
-        tile = np.empty((step, self.in_padded), np.float32)
-        for r0 in range(0, self.shape[0], step):
-            r1 = min(r0 + step, self.shape[0])
-            self._dequantize(r0, r1, tile)
-            out[:, r0:r1] = xp @ tile[:r1 - r0].T
+        n = len(xp)
+        xq = np.empty((n, self.in_padded), np.int8)
+        xd, xsum = np.empty((n, self.n_groups), np.float32), np.empty((n, self.n_groups), np.float32)
+        quantize_activations(xp, self.group, xq, xd, xsum)
+        out = np.empty((n, self.shape[0]), np.float32)
+        matmul(self.qweight, self.scales, self.mins, xq, xd, xsum, out, self.variant)
         return out
 
     def _dequantize(self, r0: int, r1: int, out: np.ndarray):

@@ -36,14 +36,17 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: int, n_rep: int) -> np.ndarray:
-    """q: (n, n_heads, hd) at positions pos..pos+n; k, v: (pos+n, n_kv_heads, hd) -> (n, n_heads*hd)."""
+    """q: (n, n_heads, hd) at positions pos..pos+n; k, v: (pos+n, n_kv_heads, hd) -> (n, n_heads*hd).
+    The n_rep query heads that share a key/value head are stacked, so each KV head is one matmul."""
     n, n_heads, hd = q.shape
-    qg = q.reshape(n, n_heads // n_rep, n_rep, hd)                    # (n, kv_heads, n_rep, hd)
-    scores = np.einsum("qgrd,kgd->grqk", qg, k) / np.sqrt(hd)         # (kv_heads, n_rep, n, pos+n)
+    kv_heads = n_heads // n_rep
+    qg = q.reshape(n, kv_heads, n_rep, hd).transpose(1, 2, 0, 3).reshape(kv_heads, n_rep * n, hd)
+    scores = (qg @ k.transpose(1, 2, 0)) / np.float32(np.sqrt(hd))     # (kv_heads, n_rep*n, pos+n)
+    scores = scores.reshape(kv_heads, n_rep, n, k.shape[0])
     causal = np.arange(k.shape[0])[None, :] > (pos + np.arange(n))[:, None]
     scores[..., causal] = -np.inf
-    out = np.einsum("grqk,kgd->qgrd", softmax(scores), v)             # (n, kv_heads, n_rep, hd)
-    return out.reshape(n, n_heads * hd)
+    out = softmax(scores).reshape(kv_heads, n_rep * n, k.shape[0]) @ v.transpose(1, 0, 2)
+    return out.reshape(kv_heads, n_rep, n, hd).transpose(2, 0, 1, 3).reshape(n, n_heads * hd)
 
 
 def forward(w: dict, args: ModelArgs, cache: KVCache, cos, sin, tokens: np.ndarray, pos: int,

@@ -5,8 +5,8 @@ import pytest
 
 import qllama
 from paths import SHARED_MODELS
-from qllama.kernels.matvec import quantize_activation
-from qllama.linear import PREFILL_MIN_TOKENS, QuantLinear
+from qllama.kernels.matmul import quantize_activations
+from qllama.linear import QuantLinear
 from qllama.quantize.formats import FORMATS
 from qllama.quantize.tensor import quantize_matrix
 
@@ -26,8 +26,9 @@ def quantize_activation_numpy(x, group):
 @pytest.mark.parametrize("group", [32, 64, 128])
 def test_activation_quantization_matches_numpy(group):
     x = RNG.standard_normal(4 * group).astype(np.float32) * np.repeat([1e-3, 1, 0, 50], group).astype(np.float32)
-    xq, xd, xsum = np.empty(len(x), np.int8), np.empty(4, np.float32), np.empty(4, np.float32)
-    quantize_activation(x, group, xq, xd, xsum)
+    xq, xd, xsum = np.empty((1, len(x)), np.int8), np.empty((1, 4), np.float32), np.empty((1, 4), np.float32)
+    quantize_activations(x[None], group, xq, xd, xsum)
+    xq, xd, xsum = xq[0], xd[0], xsum[0]
     codes, d, x_hat = quantize_activation_numpy(x, group)
     assert np.array_equal(xq, codes) and np.allclose(xd, d, rtol=1e-6, atol=0)
     assert np.allclose(xsum, x_hat.reshape(4, group).sum(axis=1), rtol=1e-5, atol=1e-6)
@@ -41,22 +42,31 @@ def test_kernels_match_the_reference_dequantize(fmt, rows, cols, portable):
     w = RNG.standard_normal((rows, cols)).astype(np.float32)
     q = quantize_matrix(w, fmt)
     lin, ref = QuantLinear(q, portable=portable), q.dequantize().astype(np.float64)
-    for n in (1, 2, 9):                                   # decode GEMVs, then prefill tiles
+    for n in (1, 3, 9):                  # decode GEMVs, then prefill tiles with ragged token tails
         x = RNG.standard_normal((n, cols)).astype(np.float32)
-        x_used = x
-        if n < PREFILL_MIN_TOKENS:
-            # the GEMV multiplies by the int8-quantized activation: exactly W . x_hat in exact
-            # arithmetic, so only float32 summation error remains (~ sqrt(cols) eps |terms|)
-            padded = np.pad(x, ((0, 0), (0, lin.in_padded - cols)))
-            x_used = np.stack([quantize_activation_numpy(row, fmt.group_size)[2] for row in padded])[:, :cols]
-        expected = x_used.astype(np.float64) @ ref.T
-        assert np.abs(lin(x) - expected).max() <= 1e-5 * (np.abs(x_used) @ np.abs(ref).T).max() + 1e-5
+        # the kernels multiply by the int8-quantized activation: exactly W . x_hat in exact
+        # arithmetic, so only float32 summation error remains (~ sqrt(cols) eps |terms|)
+        padded = np.pad(x, ((0, 0), (0, lin.in_padded - cols)))
+        x_hat = np.stack([quantize_activation_numpy(row, fmt.group_size)[2] for row in padded])[:, :cols]
+        expected = x_hat.astype(np.float64) @ ref.T
+        assert np.abs(lin(x) - expected).max() <= 1e-5 * (np.abs(x_hat) @ np.abs(ref).T).max() + 1e-5
     ids = [rows - 1, 0, rows // 2]
     assert np.array_equal(lin.rows(ids), ref[ids].astype(np.float32))
 
 
 def greedy(model, prompt, n):
     return list(model.generate(prompt, max_tokens=n, temperature=0))
+
+
+def relative_rms(a, b):
+    return float(np.sqrt(np.mean((a.astype(np.float64) - b) ** 2) / np.mean(b.astype(np.float64) ** 2)))
+
+
+# The kernels multiply by int8 activations (as llama.cpp's Q8 activations do): each matmul input
+# carries a rounding error of RMS ~ amax / (127 sqrt 12) ~ 0.5% of its RMS for Gaussian-like groups
+# of 32, and the layers compound it (measured: 0.6% on stories260K, 2.7% on SmolLM2's 30 layers).
+# Each matmul on its own is exact to float32 rounding (the tests above); the model-level bound is 5%.
+LOGITS_RELATIVE_RMS = 0.05
 
 
 def test_fast_quantized_stories_matches_reference(tmp_path):
@@ -66,17 +76,27 @@ def test_fast_quantized_stories_matches_reference(tmp_path):
     fast, ref = qllama.load(out), qllama.load(out, reference=True)
     assert isinstance(fast.weights["model.layers.0.mlp.up_proj.weight"], QuantLinear)
     ids = fast.tokenizer.encode("Once upon a time there was a big dog")
-    # with a float32 cache, only float32 reassociation differs: logits agree to ~1e-5 of their scale
-    assert np.abs(qllama.load(out, kv_dtype="f32").logits(ids) - ref.logits(ids)).max() < 1e-3
+    assert relative_rms(qllama.load(out, kv_dtype="f32").logits(ids), ref.logits(ids)) < LOGITS_RELATIVE_RMS
     assert greedy(fast, "Once upon a time", 32) == greedy(ref, "Once upon a time", 32)
 
 
 def test_fast_smollm2_matches_reference(smollm2_gguf):
+    """Greedy decoding is not compared token by token here: int8 activations flip the reference's
+    near-ties (its 6th token after "The capital of France is" has a top-two margin of 0.22 logits),
+    after which the texts diverge. Instead the reference's own 32-token greedy continuation is fed
+    to both, and the fast model must pick the reference's top token wherever the reference is not
+    near a tie (measured: disagreements only at margins of 0.05-0.09 logits)."""
     fast, ref = qllama.load(smollm2_gguf), qllama.load(smollm2_gguf, reference=True)
     assert isinstance(fast.weights["model.layers.0.self_attn.q_proj.weight"], QuantLinear)
     ids = fast.tokenizer.encode("The capital of France is")
-    assert np.abs(qllama.load(smollm2_gguf, kv_dtype="f32").logits(ids) - ref.logits(ids)).max() < 1e-2
-    assert greedy(fast, "The capital of France is", 32) == greedy(ref, "The capital of France is", 32)
+    assert relative_rms(qllama.load(smollm2_gguf, kv_dtype="f32").logits(ids), ref.logits(ids)) < LOGITS_RELATIVE_RMS
+    seq = ids + greedy(ref, ids, 32)
+    ref_logits, fast_logits = ref.logits(seq), fast.logits(seq)
+    top2 = np.sort(ref_logits, axis=1)[:, -2:]
+    decided = top2[:, 1] - top2[:, 0] > 0.25
+    assert decided.mean() > 0.5                 # the check covers most positions (measured 0.74)
+    assert np.array_equal(fast_logits.argmax(1)[decided], ref_logits.argmax(1)[decided])
+    assert fast.tokenizer.decode(greedy(fast, ids, 3)).startswith(" Paris")
 
 
 def test_bench_command_reports_speeds():

@@ -30,7 +30,10 @@ def test_q8_file_still_tells_karpathys_story(tmp_path):
     result = qllama_cli("quantize", STORIES_BIN, out, "--format", "q8")
     assert result.returncode == 0, result.stderr
     assert "model.layers.4.mlp.down_proj.weight" in result.stdout and "bits per weight" in result.stdout
-    model = qllama.load(out)
+    # the file's weights through float32 activations: this tests the quantizer. (The int8-activation
+    # kernels flip a near-tie of this 260K-parameter model at token 21, margin 0.09 logits; they are
+    # tested against the reference in test_kernels.py.)
+    model = qllama.load(out, reference=True)
     assert model.tokenizer.encode("Once upon a time") == KARPATHY_IDS[:5]
     assert KARPATHY_IDS[:5] + list(model.generate(KARPATHY_IDS[:5], max_tokens=40, temperature=0)) == KARPATHY_IDS
 

@@ -1,9 +1,10 @@
 """Dequantize-matmul kernels that read qllama's planes directly (Numba, any CPU Numba supports).
 
-Decode (one token) is a GEMV that reads each weight byte once: the activation is quantized to int8
-per group once per matmul, and the integer block dot products run in LLVM vector IR (vector_ir.py),
-four rows per step so each activation load serves four rows. Prefill (many tokens) dequantizes row
-tiles to float32 and lets BLAS multiply. Threads split the output rows (prange).
+The activation is quantized to int8 per group once per matmul, and the integer block dot products
+run in LLVM vector IR (vector_ir.py) over tiles of weight rows times tokens: decode (one token) is a
+GEMV that reads each weight byte once, four rows per step so each activation load serves four rows;
+prefill (many tokens) is a GEMM whose tiles load each weight group once for several tokens. Threads
+split the output rows (prange); a thread's rows stay in its L1 while it runs through the tokens.
 
 Every format's value is d * code + c per group (q8: c = 0; q4: c = -8 d; q4a: c = m), so
   y[r] = sum_g d[r,g] * dx[g] * (codes[r,g,:] . xq[g,:]) + c[r,g] * xsum[g].
@@ -15,17 +16,16 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from .vector_ir import half_to_float, rows_dot
+from .vector_ir import half_to_float, tile_dot
 
-ROWS_PER_STEP = 4
-_dot4 = rows_dot(ROWS_PER_STEP)
-_dot1 = rows_dot(1)
+ROWS, TOKENS = 4, 4                 # the tile; its tails run as single rows / single tokens
+_dot_rt, _dot_r1, _dot_1t, _dot_11 = tile_dot(ROWS, TOKENS), tile_dot(ROWS, 1), tile_dot(1, TOKENS), tile_dot(1, 1)
 
 
-@nb.njit(cache=True, fastmath=True)
-def quantize_activation(x, group, xq, xd, xsum):
+@nb.njit(cache=True)  # no fastmath: amax / 127 must not become amax * (1 / 127), which rounds differently
+def _quantize_row(x, group, xq, xd, xsum):
     """x (n_groups * group,) float32 -> xq int8 codes, xd (n_groups,) scales (amax / 127), and
-    xsum (n_groups,) the sums of the quantized x per group (for the offsets and mins: with the sum
+    xsum (n_groups,) the sums of the dequantized x per group (for the offsets and mins: with the sum
     of the same x the codes saw, the kernel computes W . x_quantized exactly, and the large offset
     term of 4-bit codes cancels instead of leaving 8 d times the activation's rounding error)."""
     for g in range(xd.shape[0]):
@@ -44,19 +44,32 @@ def quantize_activation(x, group, xq, xd, xsum):
         xsum[g] = d * np.float32(s)
 
 
+@nb.njit(cache=True)
+def quantize_activations(x, group, xq, xd, xsum):
+    """Each row of x (tokens, n_groups * group) quantized into the rows of xq, xd, xsum (serial:
+    a few microseconds per token, less than waking the threads would cost in decode)."""
+    for t in range(x.shape[0]):
+        _quantize_row(x[t], group, xq[t], xd[t], xsum[t])
+
+
 @nb.njit(cache=True, parallel=True)
-def matvec(qweight, scales, mins, xq, xd, xsum, out, variant):
-    """out (rows,) = W @ x for W's planes and x quantized by quantize_activation."""
-    rows = out.shape[0]
-    steps = rows // ROWS_PER_STEP
-    tail = rows - steps * ROWS_PER_STEP
-    for i in nb.prange(steps + tail):
-        if i < steps:
-            r = i * ROWS_PER_STEP
-            _dot4(qweight, scales, mins, r, xq, xd, xsum, out, r, variant)
-        else:
-            r = steps * ROWS_PER_STEP + (i - steps)
-            _dot1(qweight, scales, mins, r, xq, xd, xsum, out, r, variant)
+def matmul(qweight, scales, mins, xq, xd, xsum, out, variant):
+    """out (tokens, rows) = x @ W.T for W's planes and x quantized by quantize_activations."""
+    rows, n = qweight.shape[0], xq.shape[0]
+    row_tiles, tok_tiles = rows // ROWS, n // TOKENS
+    for i in nb.prange(row_tiles + rows % ROWS):
+        whole = i < row_tiles
+        r = i * ROWS if whole else row_tiles * ROWS + i - row_tiles
+        for j in range(tok_tiles + n % TOKENS):
+            t = j * TOKENS if j < tok_tiles else tok_tiles * TOKENS + j - tok_tiles
+            if whole and j < tok_tiles:
+                _dot_rt(qweight, scales, mins, r, xq, xd, xsum, t, out, variant)
+            elif whole:
+                _dot_r1(qweight, scales, mins, r, xq, xd, xsum, t, out, variant)
+            elif j < tok_tiles:
+                _dot_1t(qweight, scales, mins, r, xq, xd, xsum, t, out, variant)
+            else:
+                _dot_11(qweight, scales, mins, r, xq, xd, xsum, t, out, variant)
 
 
 @nb.njit(cache=True, parallel=True, fastmath=True)
