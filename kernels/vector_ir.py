@@ -3,19 +3,23 @@
 Numba widens every integer narrower than 64 bits to int64 before arithmetic, so an int8 dot product
 written as a Numba loop runs in 64-bit lanes. These intrinsics emit the IR directly (no C compiler
 at run time): per group, the weight codes times the int8 activation codes are summed in 32-bit
-integer lanes, converted to float and accumulated with the two scales in an 8-lane float register,
-as ggml's AVX2 kernels do; the horizontal sum happens once per row. `tile_dot(R, T)` makes one
-intrinsic that does R rows times T tokens at once, for every format: each weight load serves T
-tokens and each activation load R rows (prefill's GEMM is these tiles; decode's GEMV has T = 1).
+integer lanes, converted to float and accumulated with the two scales in a float vector register,
+as ggml's kernels do; the horizontal sum happens once per row. `tile_dot(R, T)` makes one intrinsic
+that does R rows times T tokens at once, for every format: each weight load serves T tokens and
+each activation load R rows (prefill's GEMM is these tiles; decode's GEMV has T = 1).
 
-Two ways to the integer products, both compiled, picked at run time by `variant()`:
-- portable: widen to i16, multiply, add neighbouring pairs into i32. Any CPU LLVM targets (ARM too).
-- x86: the AVX2 pair `vpmaddubsw` (u8 x s8 -> i16 pairs) and `vpmaddwd` (i16 pairs -> i32). Emitted
-  only when the host has AVX2; elsewhere the "x86" variants are portable too.
+Three paths to the integer products, all compiled, picked at run time by `variant()`:
+- portable: widen to i16, multiply, add neighbouring pairs into i32; 8 float lanes. Any CPU that
+  LLVM targets (ARM too).
+- avx2: `vpmaddubsw` (u8 x s8 -> i16 pairs) then `vpmaddwd` (i16 pairs -> i32); 8 lanes.
+- avx512: `vpdpbusd` (u8 x s8, four products summed into each i32) on 64 bytes; 16 lanes, so one
+  step covers two groups of 32. Signed 8-bit codes are made unsigned by adding 128 (flipping the
+  top bit), which the offset term takes back, like the 4-bit codes' offset of 8.
+A path the host lacks is emitted as the next one down (avx512 -> avx2 -> portable).
 
 The value of a code is d * code + c per group, c = -offset * d (symmetric) or the group's min m
 (asymmetric), so a row's dot product with x is  sum_g d_g * dx_g * isum_g + c_g * xsum_g,
-where dx_g is the activation's scale and xsum_g the sum of x over the group.
+where dx_g is the activation's scale and xsum_g the sum of the (quantized) x over the group.
 """
 from __future__ import annotations
 
@@ -57,15 +61,21 @@ def _concat(b, lo, hi):
 
 
 def _half_to_float(b, bits16, exact: bool):
-    """An fp16 bit pattern (i16) -> float. fpext is one instruction with F16C or on ARM; elsewhere
-    the exponent is rebased by a multiply (exact for every finite half)."""
+    """fp16 bit patterns (i16 or <n x i16>) -> float (or <n x float>). fpext is one instruction with
+    F16C or on ARM; elsewhere the exponent is rebased by a multiply (exact for every finite half)."""
+    n = bits16.type.count if isinstance(bits16.type, ir.VectorType) else None
+
+    def like(t, value=None):
+        if n is None:
+            return t if value is None else ir.Constant(t, value)
+        return _vec(t, n) if value is None else _const(t, n, value)
     if exact:
-        return b.fpext(b.bitcast(bits16, ir.HalfType()), F32)
-    w = b.zext(bits16, I32)
-    mag = b.shl(b.and_(w, ir.Constant(I32, 0x7FFF)), ir.Constant(I32, 13))
-    f = b.fmul(b.bitcast(mag, F32), ir.Constant(F32, 2.0 ** 112))
-    sign = b.shl(b.and_(w, ir.Constant(I32, 0x8000)), ir.Constant(I32, 16))
-    return b.bitcast(b.or_(b.bitcast(f, I32), sign), F32)
+        return b.fpext(b.bitcast(bits16, like(ir.HalfType())), like(F32))
+    w = b.zext(bits16, like(I32))
+    mag = b.shl(b.and_(w, like(I32, 0x7FFF)), like(I32, 13))
+    f = b.fmul(b.bitcast(mag, like(F32)), like(F32, 2.0 ** 112))
+    sign = b.shl(b.and_(w, like(I32, 0x8000)), like(I32, 16))
+    return b.bitcast(b.or_(b.bitcast(f, like(I32)), sign), like(F32))
 
 
 def _int_dot_u8s8_portable(b, u, s):
@@ -101,12 +111,11 @@ def _x86_madd(b, u, s):
     return b.call(maddwd, [b.call(maddubs, [u, s]), _const(I16, 16, 1)])
 
 
-def _int_dot_u8s8(b, u, s, x86):
-    return _x86_madd(b, u, s) if x86 else _int_dot_u8s8_portable(b, u, s)
-
-
-def _int_dot_s8s8(b, w, s, x86):
-    return _int_dot_s8s8_x86(b, w, s) if x86 else _int_dot_s8s8_portable(b, w, s)
+def _vnni(b, u, s):
+    """<64 x i8> unsigned . <64 x i8> signed -> <16 x i32>, four neighbouring products per lane."""
+    v16 = _vec(I32, 16)
+    fn = cgutils.get_or_insert_function(b.module, ir.FunctionType(v16, [v16, v16, v16]), "llvm.x86.avx512.vpdpbusd.512")
+    return b.call(fn, [ir.Constant(v16, [0] * 16), b.bitcast(u, v16), b.bitcast(s, v16)])
 
 
 def _int_dot_s8s8_x86(b, w, s):
@@ -119,8 +128,8 @@ def _int_dot_s8s8_x86(b, w, s):
 
 
 def _hsum(b, v):
-    """<8 x float> -> float."""
-    n = 8
+    """<n x float> -> float, halving the vector n = 16 or 8 -> 1."""
+    n = v.type.count
     while n > 1:
         n //= 2
         lo = b.shuffle_vector(v, v, _const(I32, n, list(range(n))))
@@ -129,12 +138,17 @@ def _hsum(b, v):
     return b.extract_element(v, ir.Constant(I32, 0))
 
 
-def _define_tile_dot(module, name, n_rows, n_tokens, bits, group, has_mins, offset, x86, exact_half):
+PORTABLE, AVX2, AVX512 = 0, 1, 2
+PATHS = ("portable", "avx2", "avx512")
+
+
+def _define_tile_dot(module, name, n_rows, n_tokens, bits, group, has_mins, offset, path, exact_half):
     """void f(i8* w, i64 w_stride, i16* d, i16* m, i64 s_stride, i8* xq, i64 xq_stride, f32* xd,
               f32* xsum, i64 x_stride, i64 n_groups, f32* out, i64 out_stride):
     out[t * out_stride + r] = (row r of W) . (token t of x) for r < n_rows, t < n_tokens.
     Each group's weight codes are loaded once for all the tokens, each token's codes once for all
-    the rows; the n_rows * n_tokens accumulators are 8-lane float vectors."""
+    the rows; the n_rows * n_tokens accumulators are float vectors of 8 (16 for avx512) lanes.
+    avx512 with groups of 32 takes two groups per step: n_groups must be even."""
     i8p, i16p, f32p = I8.as_pointer(), I16.as_pointer(), F32.as_pointer()
     fnty = ir.FunctionType(ir.VoidType(), [i8p, I64, i16p, i16p, I64, i8p, I64, f32p, f32p, I64, I64, f32p, I64])
     fn = ir.Function(module, fnty, name)
@@ -143,8 +157,13 @@ def _define_tile_dot(module, name, n_rows, n_tokens, bits, group, has_mins, offs
     w, w_stride, dp, mp, s_stride, xq, xq_stride, xd, xs, x_stride, n_groups, out, out_stride = fn.args
     entry, loop, done = fn.append_basic_block("entry"), fn.append_basic_block("loop"), fn.append_basic_block("done")
     b = ir.IRBuilder(entry)
-    zero8 = ir.Constant(_vec(F32, 8), [0.0] * 8)
+    lanes = 16 if path == AVX512 else 8
+    unsigned_q8 = bits == 8 and path == AVX512        # q8 codes + 128 for vpdpbusd's unsigned operand
+    if unsigned_q8:
+        offset += 128
+    per_step = max(1, 4 * lanes // group)              # groups per loop step
     qbytes = group * bits // 8
+    zero = ir.Constant(_vec(F32, lanes), [0.0] * lanes)
     row_w = [b.gep(w, [b.mul(w_stride, ir.Constant(I64, r))]) for r in range(n_rows)]
     row_s = [b.mul(s_stride, ir.Constant(I64, r)) for r in range(n_rows)]
     tok_q = [b.gep(xq, [b.mul(xq_stride, ir.Constant(I64, t))]) for t in range(n_tokens)]
@@ -152,62 +171,90 @@ def _define_tile_dot(module, name, n_rows, n_tokens, bits, group, has_mins, offs
     b.branch(loop)
 
     b = ir.IRBuilder(loop)
-    g = b.phi(I64)
-    accs = [[b.phi(_vec(F32, 8)) for _ in range(n_tokens)] for _ in range(n_rows)]
-    g_bytes = b.mul(g, ir.Constant(I64, qbytes))
-    g_x = b.mul(g, ir.Constant(I64, group))
+    g0 = b.phi(I64)
+    accs = [[b.phi(_vec(F32, lanes)) for _ in range(n_tokens)] for _ in range(n_rows)]
     fast = ["fast"]
-    # per token: its codes for this group, in the order the weight codes unpack to, and its scales
-    x_chunks, dx, c_x = [], [], []
+    # 32-weight pieces of this step, in order: (group within the step, piece within the group)
+    pieces = [(gi, k) for gi in range(per_step) for k in range(group // 32)]
+    per_vec = lanes // 8                               # pieces per integer dot product
+    # the dot products of one step, and the groups each one's lanes belong to (lanes // 8 per piece)
+    dots = [pieces[i:i + per_vec] for i in range(0, len(pieces), per_vec)]
+    groups = [b.add(g0, ir.Constant(I64, gi)) for gi in range(per_step)]
+
+    def step_vector(ptr, index, half, scale=1.0):
+        """The step's per-group values (fp16 bits or float32) at ptr[index...] -> a lanes-wide float
+        vector, each group's value on the lanes its sums occupy, times scale."""
+        if per_step == 1:
+            v = b.load(b.gep(ptr, [index]))
+            v = _half_to_float(b, v, exact_half) if half else v
+            v = b.fmul(v, ir.Constant(F32, scale), flags=fast) if scale != 1.0 else v
+            return _splat(b, v, lanes)
+        elt = I16 if half else F32
+        v = b.load(b.bitcast(b.gep(ptr, [index]), _vec(elt, 2).as_pointer()), align=1)
+        v = _half_to_float(b, v, exact_half) if half else v
+        v = b.fmul(v, _const(F32, 2, scale), flags=fast) if scale != 1.0 else v
+        return b.shuffle_vector(v, v, _const(I32, lanes, [0] * 8 + [1] * 8))
+
+    def x_piece(t, gi, k):
+        g_x = b.mul(groups[gi], ir.Constant(I64, group))
+        if bits == 4:   # byte j of a group: weight j low nibble, weight j + G/2 high nibble
+            lo = _load_vec(b, tok_q[t], b.add(g_x, ir.Constant(I64, 16 * k)), 16)
+            hi = _load_vec(b, tok_q[t], b.add(g_x, ir.Constant(I64, group // 2 + 16 * k)), 16)
+            return _concat(b, lo, hi)
+        return _load_vec(b, tok_q[t], b.add(g_x, ir.Constant(I64, 32 * k)), 32)
+
+    def w_piece(r, gi, k):
+        g_bytes = b.mul(groups[gi], ir.Constant(I64, qbytes))
+        if bits == 4:
+            packed = _load_vec(b, row_w[r], b.add(g_bytes, ir.Constant(I64, 16 * k)), 16)
+            return _concat(b, b.and_(packed, _const(I8, 16, 15)), b.lshr(packed, _const(I8, 16, 4)))
+        codes = _load_vec(b, row_w[r], b.add(g_bytes, ir.Constant(I64, 32 * k)), 32)
+        return b.xor(codes, _const(I8, 32, -128)) if unsigned_q8 else codes
+
+    def joined(parts):
+        return parts[0] if len(parts) == 1 else _concat(b, parts[0], parts[1])
+
+    # per token: its codes in the order the weight codes unpack to, and its scales per lane
+    x_vecs, dx, c_x = [], [], []
     for t in range(n_tokens):
-        chunks = []
-        for k in range(group // 32):
-            if bits == 4:   # byte j of a group: weight j low nibble, weight j + G/2 high nibble
-                lo = _load_vec(b, tok_q[t], b.add(g_x, ir.Constant(I64, 16 * k)), 16)
-                hi = _load_vec(b, tok_q[t], b.add(g_x, ir.Constant(I64, group // 2 + 16 * k)), 16)
-                chunks.append(_concat(b, lo, hi))
-            else:
-                chunks.append(_load_vec(b, tok_q[t], b.add(g_x, ir.Constant(I64, 32 * k)), 32))
-        x_chunks.append(chunks)
-        xi = b.add(tok_x[t], g)
-        dx.append(_splat(b, b.load(b.gep(xd, [xi]))))
-        # xsum spread over the 8 lanes; symmetric formats scale it by -offset here, once per token
-        xsum8 = b.fmul(b.load(b.gep(xs, [xi])), ir.Constant(F32, 0.125 * (1.0 if has_mins else -offset)), flags=fast)
-        c_x.append(_splat(b, xsum8))
+        x_vecs.append([joined([x_piece(t, gi, k) for gi, k in dot]) for dot in dots])
+        idx = b.add(tok_x[t], g0)
+        dx.append(step_vector(xd, idx, False))
+        # xsum spread over the lanes its group's sums occupy; symmetric formats scale it by -offset
+        spread = 1.0 / (lanes if per_step == 1 else 8)
+        c_x.append(step_vector(xs, idx, False, spread * (1.0 if has_mins else -offset)))
     new_accs = []
     for r in range(n_rows):
-        if bits == 4:
-            codes = []
-            for k in range(group // 32):
-                packed = _load_vec(b, row_w[r], b.add(g_bytes, ir.Constant(I64, 16 * k)), 16)
-                codes.append(_concat(b, b.and_(packed, _const(I8, 16, 15)), b.lshr(packed, _const(I8, 16, 4))))
-        else:
-            codes = [_load_vec(b, row_w[r], b.add(g_bytes, ir.Constant(I64, 32 * k)), 32) for k in range(group // 32)]
-        s_idx = b.add(row_s[r], g)
-        d = _splat(b, _half_to_float(b, b.load(b.gep(dp, [s_idx])), exact_half))
-        m = _splat(b, _half_to_float(b, b.load(b.gep(mp, [s_idx])), exact_half)) if has_mins else None
+        w_vecs = [joined([w_piece(r, gi, k) for gi, k in dot]) for dot in dots]
+        s_idx = b.add(row_s[r], g0)
+        d = step_vector(dp, s_idx, True)
+        m = step_vector(mp, s_idx, True) if has_mins else None
         row_accs = []
         for t in range(n_tokens):
+            acc = accs[r][t]
             isum = None
-            for k in range(group // 32):
-                part = (_int_dot_u8s8(b, codes[k], x_chunks[t][k], x86) if bits == 4
-                        else _int_dot_s8s8(b, codes[k], x_chunks[t][k], x86))
+            for i, dot in enumerate(dots):
+                part = _int_dot(b, w_vecs[i], x_vecs[t][i], bits, path, unsigned_q8)
                 isum = part if isum is None else b.add(isum, part)
-            lanes = b.fmul(b.sitofp(isum, _vec(F32, 8)), dx[t], flags=fast)
-            if has_mins:     # d * dx * isum + m * xsum
-                row_accs.append(b.fadd(accs[r][t], b.fadd(b.fmul(lanes, d, flags=fast),
-                                                          b.fmul(m, c_x[t], flags=fast), flags=fast), flags=fast))
-            else:            # d * (dx * isum - offset * xsum)
-                row_accs.append(b.fadd(accs[r][t], b.fmul(b.fadd(lanes, c_x[t], flags=fast), d, flags=fast),
-                                       flags=fast))
+                last_of_group = i == len(dots) - 1 or dots[i + 1][0][0] != dot[0][0]
+                if not last_of_group:          # a group of 128 sums its pieces in integers first
+                    continue
+                lanes_f = b.fmul(b.sitofp(isum, _vec(F32, lanes)), dx[t], flags=fast)
+                if has_mins:     # d * dx * isum + m * xsum
+                    term = b.fadd(b.fmul(lanes_f, d, flags=fast), b.fmul(m, c_x[t], flags=fast), flags=fast)
+                else:            # d * (dx * isum - offset * xsum)
+                    term = b.fmul(b.fadd(lanes_f, c_x[t], flags=fast), d, flags=fast)
+                acc = b.fadd(acc, term, flags=fast)
+                isum = None
+            row_accs.append(acc)
         new_accs.append(row_accs)
-    g_next = b.add(g, ir.Constant(I64, 1))
+    g_next = b.add(g0, ir.Constant(I64, per_step))
     b.cbranch(b.icmp_signed("<", g_next, n_groups), loop, done)
-    g.add_incoming(ir.Constant(I64, 0), entry)
-    g.add_incoming(g_next, loop)
+    g0.add_incoming(ir.Constant(I64, 0), entry)
+    g0.add_incoming(g_next, loop)
     for r in range(n_rows):
         for t in range(n_tokens):
-            accs[r][t].add_incoming(zero8, entry)
+            accs[r][t].add_incoming(zero, entry)
             accs[r][t].add_incoming(new_accs[r][t], loop)
 
     b = ir.IRBuilder(done)
@@ -219,14 +266,31 @@ def _define_tile_dot(module, name, n_rows, n_tokens, bits, group, has_mins, offs
     return fn
 
 
+def _int_dot(b, w, x, bits, path, unsigned_q8):
+    """Weight codes . activation codes -> i32 lanes (8, or 16 for avx512)."""
+    if path == AVX512:
+        return _vnni(b, w, x)                      # 4-bit codes and biased 8-bit codes are unsigned
+    if bits == 4:
+        return _x86_madd(b, w, x) if path == AVX2 else _int_dot_u8s8_portable(b, w, x)
+    return _int_dot_s8s8_x86(b, w, x) if path == AVX2 else _int_dot_s8s8_portable(b, w, x)
+
+
 # every (bits, group size, has mins) a format of quantize/formats.py can have
 SHAPES = [(bits, group, mins) for bits, mins in ((8, False), (4, False), (4, True)) for group in (32, 64, 128)]
 OFFSET = {(8, False): 0, (4, False): 8, (4, True): 0}    # stored code = level + offset (symmetric)
 
 
-def variant(bits: int, group: int, has_mins: bool, portable: bool) -> int:
-    """The number that picks a kernel at run time: the shape's index, times two, plus portable."""
-    return 2 * SHAPES.index((bits, group, has_mins)) + int(portable)
+def best_path(features: set[str] | None = None) -> int:
+    """The fastest path this CPU has."""
+    features = host_features() if features is None else features
+    if {"avx512f", "avx512bw", "avx512vnni"} <= features:
+        return AVX512
+    return AVX2 if "avx2" in features else PORTABLE
+
+
+def variant(bits: int, group: int, has_mins: bool, path: int) -> int:
+    """The number that picks a kernel at run time: the shape's index, times three, plus the path."""
+    return len(PATHS) * SHAPES.index((bits, group, has_mins)) + path
 
 
 def tile_dot(n_rows: int, n_tokens: int):
@@ -237,7 +301,7 @@ def tile_dot(n_rows: int, n_tokens: int):
     xq (tokens, n_groups * G) int8, xd and xsum (tokens, n_groups) float32; out (tokens, rows)
     float32; all C-contiguous. An unknown variant writes nothing."""
     features = host_features()
-    x86 = "avx2" in features
+    best = best_path(features)
     exact_half = "sse2" not in features or "f16c" in features     # x86 without F16C: the multiply
 
     @intrinsic
@@ -263,16 +327,15 @@ def tile_dot(n_rows: int, n_tokens: int):
             mod = b.module
             after = b.append_basic_block("tile_dot_after")
             switch = b.switch(var, after)
-            for shape in SHAPES:
-                for portable in (False, True):
-                    bits, group, mins = shape
-                    use_x86 = x86 and not portable
-                    name = (f"qllama_tile_dot_{n_rows}x{n_tokens}_{bits}_{group}_{int(mins)}_{int(use_x86)}"
+            for bits, group, mins in SHAPES:
+                for path in range(len(PATHS)):
+                    emitted = min(path, best)              # a path the host lacks: the next one down
+                    name = (f"qllama_tile_dot_{n_rows}x{n_tokens}_{bits}_{group}_{int(mins)}_{PATHS[emitted]}"
                             f"_{int(exact_half)}")
                     fn = mod.globals.get(name) or _define_tile_dot(
-                        mod, name, n_rows, n_tokens, bits, group, mins, OFFSET[bits, mins], use_x86, exact_half)
-                    case = b.append_basic_block(f"tile_dot_{bits}_{group}_{int(mins)}_{int(portable)}")
-                    switch.add_case(ir.Constant(var.type, variant(bits, group, mins, portable)), case)
+                        mod, name, n_rows, n_tokens, bits, group, mins, OFFSET[bits, mins], emitted, exact_half)
+                    case = b.append_basic_block(f"tile_dot_{bits}_{group}_{int(mins)}_{PATHS[path]}")
+                    switch.add_case(ir.Constant(var.type, variant(bits, group, mins, path)), case)
                     with b.goto_block(case):
                         b.call(fn, call_args)
                         b.branch(after)

@@ -11,11 +11,11 @@ import os
 import numpy as np
 
 from .kernels.matmul import dequantize, matmul, quantize_activations
-from .kernels.vector_ir import variant
+from .kernels.vector_ir import AVX2, AVX512, PORTABLE, best_path, variant
 from .quantize.tensor import QuantizedTensor
 
-# the portable LLVM IR instead of the x86 AVX2 intrinsics (tests run both; also a debugging aid)
-PORTABLE = os.environ.get("QLLAMA_PORTABLE_KERNELS", "") in ("1", "true")
+# the portable LLVM IR instead of the x86 intrinsics (a debugging aid; the tests run every path)
+DEFAULT_PATH = PORTABLE if os.environ.get("QLLAMA_PORTABLE_KERNELS", "") in ("1", "true") else best_path()
 NO_MINS = np.empty((0, 0), np.uint16)
 
 
@@ -33,7 +33,7 @@ class DenseLinear:
 
 
 class QuantLinear:
-    def __init__(self, q: QuantizedTensor, portable: bool = PORTABLE):
+    def __init__(self, q: QuantizedTensor, path: int = DEFAULT_PATH):
         fmt = q.fmt
         self.shape = q.shape
         self.bits, self.group, self.offset = fmt.bits, fmt.group_size, fmt.family.offset
@@ -42,7 +42,9 @@ class QuantLinear:
         self.mins = NO_MINS if q.mins is None else np.ascontiguousarray(q.mins).view(np.uint16)
         self.n_groups = self.scales.shape[1]
         self.in_padded = self.n_groups * self.group
-        self.variant = variant(self.bits, self.group, q.mins is not None, portable)
+        if path == AVX512 and self.group == 32 and self.n_groups % 2:
+            path = AVX2                 # the avx512 kernel takes groups of 32 in pairs
+        self.variant = variant(self.bits, self.group, q.mins is not None, path)
         self.nbytes = q.nbytes
 
     def _padded(self, x: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@ import pytest
 import qllama
 from paths import SHARED_MODELS
 from qllama.kernels.matmul import quantize_activations
+from qllama.kernels.vector_ir import PATHS
 from qllama.linear import QuantLinear
 from qllama.quantize.formats import FORMATS
 from qllama.quantize.tensor import quantize_matrix
@@ -35,13 +36,13 @@ def test_activation_quantization_matches_numpy(group):
     assert np.abs(x_hat - x).max() <= 0.5 * d.max() * (1 + 1e-5)       # rounding, never clipping
 
 
-@pytest.mark.parametrize("portable", [False, True], ids=["native", "portable"])
+@pytest.mark.parametrize("path", range(len(PATHS)), ids=PATHS)     # a path this CPU lacks runs the next one down
 @pytest.mark.parametrize("fmt", FORMATS.values(), ids=FORMATS.keys())
-@pytest.mark.parametrize("rows, cols", [(37, 172), (64, 256), (5, 40), (9, 1024)])  # odd rows, ragged groups
-def test_kernels_match_the_reference_dequantize(fmt, rows, cols, portable):
+@pytest.mark.parametrize("rows, cols", [(37, 172), (64, 256), (5, 40), (9, 1024), (6, 96)])  # odd rows, ragged/odd groups
+def test_kernels_match_the_reference_dequantize(fmt, rows, cols, path):
     w = RNG.standard_normal((rows, cols)).astype(np.float32)
     q = quantize_matrix(w, fmt)
-    lin, ref = QuantLinear(q, portable=portable), q.dequantize().astype(np.float64)
+    lin, ref = QuantLinear(q, path=path), q.dequantize().astype(np.float64)
     for n in (1, 3, 9):                  # decode GEMVs, then prefill tiles with ragged token tails
         x = RNG.standard_normal((n, cols)).astype(np.float32)
         # the kernels multiply by the int8-quantized activation: exactly W . x_hat in exact
