@@ -2,8 +2,8 @@
 
 The activation is quantized to int8 per group once per matmul, and the integer block dot products
 run in LLVM vector IR (vector_ir.py) over tiles of weight rows times tokens: decode (one token) is a
-GEMV that reads each weight byte once, four rows per step so each activation load serves four rows;
-prefill (many tokens) is a GEMM whose tiles load each weight group once for several tokens. Threads
+GEMV that reads each weight byte once, row by row; prefill (many tokens) is a GEMM whose tiles
+load each weight group once for four tokens and each activation group once for four rows. Threads
 split the output rows (prange); a thread's rows stay in its L1 while it runs through the tokens.
 
 Every format's value is d * code + c per group (q8: c = 0; q4: c = -8 d; q4a: c = m), so
@@ -56,6 +56,13 @@ def quantize_activations(x, group, xq, xd, xsum):
 def matmul(qweight, scales, mins, xq, xd, xsum, out, variant):
     """out (tokens, rows) = x @ W.T for W's planes and x quantized by quantize_activations."""
     rows, n = qweight.shape[0], xq.shape[0]
+    if n < TOKENS:
+        # decode: one row at a time, a single stream through memory that the prefetchers follow
+        # (four rows at a time measured 0.6-0.9x as fast on matrices that are not in cache)
+        for r in nb.prange(rows):
+            for t in range(n):
+                _dot_11(qweight, scales, mins, r, xq, xd, xsum, t, out, variant)
+        return
     row_tiles, tok_tiles = rows // ROWS, n // TOKENS
     for i in nb.prange(row_tiles + rows % ROWS):
         whole = i < row_tiles

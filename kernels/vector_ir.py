@@ -357,3 +357,15 @@ def half_to_float(typingctx, bits16):
         return _half_to_float(b, args[0], exact)
 
     return types.float32(types.uint16), codegen
+
+
+@intrinsic
+def as_float(typingctx, value):
+    """float32 -> itself, uint16 (fp16 bits) -> float32: one kernel serves float16 and float32 caches."""
+    if value == types.float32:
+        return types.float32(value), lambda context, b, signature, args: args[0]
+    if value == types.uint16:
+        features = host_features()
+        exact = "sse2" not in features or "f16c" in features
+        return types.float32(value), lambda context, b, signature, args: _half_to_float(b, args[0], exact)
+    return None

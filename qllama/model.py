@@ -13,6 +13,7 @@ from .cache import KVCache
 from .checkpoint import Checkpoint, SourceTensor, open_checkpoint
 from .config import ModelArgs
 from .errors import QllamaError
+from .kernels.attention import attention as attention_kernel
 from .linear import DenseLinear, QuantLinear
 from .quantize.formats import BY_GGML_TYPE
 from .quantize.tensor import from_ggml_blocks
@@ -49,10 +50,25 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: int, n_rep: int)
     return out.reshape(kv_heads, n_rep, n, hd).transpose(2, 0, 1, 3).reshape(n, n_heads * hd)
 
 
+def attend_reference(q: np.ndarray, keys: np.ndarray, values: np.ndarray, pos: int, n_rep: int) -> np.ndarray:
+    """attention() on the cache's keys and values as float32 (a copy when the cache is float16)."""
+    return attention(q, keys.astype(np.float32, copy=False), values.astype(np.float32, copy=False), pos, n_rep)
+
+
+def attend_kernel(q: np.ndarray, keys: np.ndarray, values: np.ndarray, pos: int, n_rep: int) -> np.ndarray:
+    """The Numba kernel, reading a float16 cache in place (as its bits)."""
+    if keys.dtype == np.float16:
+        keys, values = keys.view(np.uint16), values.view(np.uint16)
+    out = np.empty((q.shape[0], q.shape[1] * q.shape[2]), np.float32)
+    attention_kernel(np.ascontiguousarray(q), keys, values, pos, out)
+    return out
+
+
 def forward(w: dict, args: ModelArgs, cache: KVCache, cos, sin, tokens: np.ndarray, pos: int,
-            last_only: bool = False, observe=None) -> np.ndarray:
+            last_only: bool = False, observe=None, attend=attend_reference) -> np.ndarray:
     """tokens (n,) at positions pos..pos+n -> logits (n, vocab), or (1, vocab) with last_only.
-    observe(weight_name, x), if given, sees the input of every matmul (for calibration)."""
+    observe(weight_name, x), if given, sees the input of every matmul (for calibration);
+    attend(q, keys, values, pos, n_rep) is attention over the cache (attend_reference or the kernel)."""
     def linear(name, x):                                                # x (n, in) @ W (out, in).T
         if observe is not None:
             observe(name, x)
@@ -70,8 +86,7 @@ def forward(w: dict, args: ModelArgs, cache: KVCache, cos, sin, tokens: np.ndarr
         v = linear(p + "self_attn.v_proj.weight", h).reshape(n, args.n_kv_heads, args.head_dim)
         q, k = apply_rope(q, rc, rs), apply_rope(k, rc, rs)
         keys, values = cache.update(i, pos, k, v)                       # (pos+n, kv_heads, hd)
-        keys, values = keys.astype(np.float32, copy=False), values.astype(np.float32, copy=False)
-        att = attention(q, keys, values, pos, args.n_rep)               # (n, q_dim)
+        att = attend(q, keys, values, pos, args.n_rep)                  # (n, q_dim)
         x = x + linear(p + "self_attn.o_proj.weight", att)
         # feed-forward: rmsnorm, SwiGLU, project back, residual
         h = rmsnorm(x, w[p + "post_attention_layernorm.weight"], args.norm_eps)
@@ -102,6 +117,7 @@ class Model:
             raise QllamaError(f"KV cache type {kv_dtype!r} is not one of {', '.join(KV_DTYPES)}")
         self.cache = KVCache(self.args, self.ctx, KV_DTYPES[kv_dtype])
         self.cos, self.sin = rope_tables(self.args, self.ctx)
+        self.attend = attend_reference if reference else attend_kernel
         self.past_tokens: list[int] = []  # the tokens whose keys/values the cache holds, in order
 
     def forward(self, tokens, pos: int, last_only: bool = False, observe=None) -> np.ndarray:
@@ -111,7 +127,8 @@ class Model:
             raise QllamaError(f"token id out of range [0, {self.args.vocab_size})")
         if pos + len(tokens) > self.ctx:
             raise QllamaError(f"{pos + len(tokens)} tokens do not fit in the context of {self.ctx} tokens")
-        logits = forward(self.weights, self.args, self.cache, self.cos, self.sin, tokens, pos, last_only, observe)
+        logits = forward(self.weights, self.args, self.cache, self.cos, self.sin, tokens, pos, last_only, observe,
+                         self.attend)
         del self.past_tokens[pos:]                  # in place: a decode step appends, never copies
         self.past_tokens.extend(tokens.tolist())
         return logits.astype(np.float32, copy=False)

@@ -8,6 +8,7 @@ from paths import SHARED_MODELS
 from qllama.kernels.matmul import quantize_activations
 from qllama.kernels.vector_ir import PATHS
 from qllama.linear import QuantLinear
+from qllama.model import attend_kernel, attention
 from qllama.quantize.formats import FORMATS
 from qllama.quantize.tensor import quantize_matrix
 
@@ -107,3 +108,18 @@ def test_bench_command_reports_speeds():
     assert result.returncode == 0, result.stderr
     for fact in ("prefill  128 tokens", "decode:", "GB/s", "peak RSS", "1 threads"):
         assert fact in result.stdout, fact
+
+
+@pytest.mark.parametrize("cache_dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("n, pos, heads, kv_heads, hd", [(1, 0, 4, 4, 8), (1, 37, 9, 3, 64), (13, 5, 32, 4, 64),
+                                                         (6, 0, 8, 1, 16)])
+def test_attention_kernel_matches_the_reference(n, pos, heads, kv_heads, hd, cache_dtype):
+    q = RNG.standard_normal((n, heads, hd)).astype(np.float32)
+    ctx = pos + n + 3                                          # cache rows past the sequence are never read
+    keys = RNG.standard_normal((ctx, kv_heads, hd)).astype(cache_dtype)
+    values = RNG.standard_normal((ctx, kv_heads, hd)).astype(cache_dtype)
+    expected = attention(q, keys[:pos + n].astype(np.float32), values[:pos + n].astype(np.float32), pos,
+                         heads // kv_heads)
+    keys[pos + n:] = values[pos + n:] = np.nan
+    got = attend_kernel(q, keys, values, pos, heads // kv_heads)
+    assert np.abs(got - expected).max() < 1e-5 * np.abs(values[:pos + n]).max()
