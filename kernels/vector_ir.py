@@ -369,3 +369,14 @@ def as_float(typingctx, value):
         exact = "sse2" not in features or "f16c" in features
         return types.float32(value), lambda context, b, signature, args: _half_to_float(b, args[0], exact)
     return None
+
+
+@intrinsic
+def pow2(typingctx, n):
+    """2.0 ** n as float32 for an integer n in [-126, 127], built from the exponent bits: plain IR
+    that loops around it can vectorize (a call to expf cannot)."""
+    def codegen(context, b, signature, args):
+        e = b.add(b.trunc(args[0], I32), ir.Constant(I32, 127))
+        return b.bitcast(b.shl(e, ir.Constant(I32, 23)), F32)
+
+    return types.float32(types.int64), codegen

@@ -123,3 +123,20 @@ def test_attention_kernel_matches_the_reference(n, pos, heads, kv_heads, hd, cac
     keys[pos + n:] = values[pos + n:] = np.nan
     got = attend_kernel(q, keys, values, pos, heads // kv_heads)
     assert np.abs(got - expected).max() < 1e-5 * np.abs(values[:pos + n]).max()
+
+
+def test_vectorizable_exp_matches_numpy():
+    import numba as nb
+    from qllama.kernels.exp import exp_f32
+
+    @nb.njit
+    def exp_all(x, out):
+        for i in range(x.shape[0]):
+            out[i] = exp_f32(x[i])
+    x = np.concatenate([np.linspace(-100, 88, 100_001), [0.0, -0.0, -87.0, 88.0, -1e-30]]).astype(np.float32)
+    got = np.empty_like(x)
+    exp_all(x, got)
+    expected = np.exp(x.astype(np.float64))
+    normal = expected > np.finfo(np.float32).tiny
+    assert np.max(np.abs(got - expected)[normal] / expected[normal]) < 1e-6       # a few float32 roundings
+    assert np.all(got[~normal] == 0) and got[-5] == 1.0
