@@ -16,12 +16,13 @@ import numba as nb
 import numpy as np
 
 from .exp import exp_f32
+from .jit import kernel
 from .vector_ir import as_float
 
 DIRECT_TOKENS = 4     # fewer tokens than this: read the cache directly instead of converting it
 
 
-@nb.njit(cache=True, parallel=True, fastmath=True)
+@kernel(parallel=True, fastmath=True)
 def _unpack(keys, values, length):
     """Cache rows 0..length (float32 or fp16 bits) -> kt (kv, hd, length), vf (kv, length, hd)."""
     kv_heads, hd = keys.shape[1], keys.shape[2]
@@ -35,7 +36,7 @@ def _unpack(keys, values, length):
     return kt, vf
 
 
-@nb.njit(cache=True, fastmath=True)
+@kernel(fastmath=True)
 def _one_token(q, kt, vf, i, g, length, scale, s, out):
     """Token i's n_rep query heads of KV head g over positions 0..length -> out rows; s is scratch."""
     n_rep, hd = s.shape[0], kt.shape[1]
@@ -70,7 +71,7 @@ def _one_token(q, kt, vf, i, g, length, scale, s, out):
                 o[r, d] += p * v[d]
 
 
-@nb.njit(cache=True, parallel=True, fastmath=True)
+@kernel(parallel=True, fastmath=True)
 def _direct(q, keys, values, pos, scale, out):
     """attention() for a few tokens, one (token, query head) per thread item, from the cache as is."""
     n, n_heads, hd = q.shape
@@ -101,7 +102,7 @@ def _direct(q, keys, values, pos, scale, out):
                 o[d] += p * as_float(v[d])
 
 
-@nb.njit(cache=True, parallel=True, fastmath=True)
+@kernel(parallel=True, fastmath=True)
 def attention(q, keys, values, pos, out):
     """q (n, n_heads, hd) float32 for positions pos..pos+n; keys, values (>= pos+n, kv_heads, hd)
     float32 or uint16 (fp16 bits); out (n, n_heads * hd) float32. Query head h reads KV head

@@ -13,16 +13,19 @@ the CPU, and float32 copies would add a third to the bytes a 4-bit GEMV reads.
 """
 from __future__ import annotations
 
+import functools
+
 import numba as nb
 import numpy as np
 
+from .jit import kernel
 from .vector_ir import half_to_float, tile_dot
 
 ROWS, TOKENS = 4, 4                 # the tile; its tails run as single rows / single tokens
 _dot_rt, _dot_r1, _dot_1t, _dot_11 = tile_dot(ROWS, TOKENS), tile_dot(ROWS, 1), tile_dot(1, TOKENS), tile_dot(1, 1)
 
 
-@nb.njit(cache=True)  # no fastmath: amax / 127 must not become amax * (1 / 127), which rounds differently
+@kernel()  # no fastmath: amax / 127 must not become amax * (1 / 127), which rounds differently
 def _quantize_row(x, group, xq, xd, xsum):
     """x (n_groups * group,) float32 -> xq int8 codes, xd (n_groups,) scales (amax / 127), and
     xsum (n_groups,) the sums of the dequantized x per group (for the offsets and mins: with the sum
@@ -44,7 +47,7 @@ def _quantize_row(x, group, xq, xd, xsum):
         xsum[g] = d * np.float32(s)
 
 
-@nb.njit(cache=True)
+@kernel()
 def quantize_activations(x, group, xq, xd, xsum):
     """Each row of x (tokens, n_groups * group) quantized into the rows of xq, xd, xsum (serial:
     a few microseconds per token, less than waking the threads would cost in decode)."""
@@ -52,34 +55,42 @@ def quantize_activations(x, group, xq, xd, xsum):
         _quantize_row(x[t], group, xq[t], xd[t], xsum[t])
 
 
-@nb.njit(cache=True, parallel=True)
-def matmul(qweight, scales, mins, xq, xd, xsum, out, variant):
-    """out (tokens, rows) = x @ W.T for W's planes and x quantized by quantize_activations."""
-    rows, n = qweight.shape[0], xq.shape[0]
-    if n < TOKENS:
-        # decode: one row at a time, a single stream through memory that the prefetchers follow
-        # (four rows at a time measured 0.6-0.9x as fast on matrices that are not in cache)
-        for r in nb.prange(rows):
-            for t in range(n):
-                _dot_11(qweight, scales, mins, r, xq, xd, xsum, t, out, variant)
-        return
-    row_tiles, tok_tiles = rows // ROWS, n // TOKENS
-    for i in nb.prange(row_tiles + rows % ROWS):
-        whole = i < row_tiles
-        r = i * ROWS if whole else row_tiles * ROWS + i - row_tiles
-        for j in range(tok_tiles + n % TOKENS):
-            t = j * TOKENS if j < tok_tiles else tok_tiles * TOKENS + j - tok_tiles
-            if whole and j < tok_tiles:
-                _dot_rt(qweight, scales, mins, r, xq, xd, xsum, t, out, variant)
-            elif whole:
-                _dot_r1(qweight, scales, mins, r, xq, xd, xsum, t, out, variant)
-            elif j < tok_tiles:
-                _dot_1t(qweight, scales, mins, r, xq, xd, xsum, t, out, variant)
-            else:
-                _dot_11(qweight, scales, mins, r, xq, xd, xsum, t, out, variant)
+@functools.cache
+def matmul_kernel(variant: int):
+    """The compiled matmul for one format and path (vector_ir.variant()): the variant is a constant
+    of the closure, so each is its own specialization, compiled (or loaded from Numba's cache, whose
+    key includes the closure's values) only when a model uses it."""
+
+    @kernel(parallel=True)
+    def matmul(qweight, scales, mins, xq, xd, xsum, out):
+        """out (tokens, rows) = x @ W.T for W's planes and x quantized by quantize_activations."""
+        rows, n = qweight.shape[0], xq.shape[0]
+        if n < TOKENS:
+            # decode: one row at a time, a single stream through memory that the prefetchers follow
+            # (four rows at a time measured 0.6-0.9x as fast on matrices that are not in cache)
+            for r in nb.prange(rows):
+                for t in range(n):
+                    _dot_11(qweight, scales, mins, r, xq, xd, xsum, t, out, variant)
+            return
+        row_tiles, tok_tiles = rows // ROWS, n // TOKENS
+        for i in nb.prange(row_tiles + rows % ROWS):
+            whole = i < row_tiles
+            r = i * ROWS if whole else row_tiles * ROWS + i - row_tiles
+            for j in range(tok_tiles + n % TOKENS):
+                t = j * TOKENS if j < tok_tiles else tok_tiles * TOKENS + j - tok_tiles
+                if whole and j < tok_tiles:
+                    _dot_rt(qweight, scales, mins, r, xq, xd, xsum, t, out, variant)
+                elif whole:
+                    _dot_r1(qweight, scales, mins, r, xq, xd, xsum, t, out, variant)
+                elif j < tok_tiles:
+                    _dot_1t(qweight, scales, mins, r, xq, xd, xsum, t, out, variant)
+                else:
+                    _dot_11(qweight, scales, mins, r, xq, xd, xsum, t, out, variant)
+
+    return matmul
 
 
-@nb.njit(cache=True, parallel=True, fastmath=True)
+@kernel(parallel=True, fastmath=True)
 def dequantize(qweight, scales, mins, bits, offset, r0, r1, out):
     """Rows r0..r1 of the planes -> out (r1 - r0, in_padded) float32. scales, mins: fp16 bits (uint16);
     mins of length 0 for symmetric formats, whose c is -offset * d."""

@@ -293,24 +293,36 @@ def variant(bits: int, group: int, has_mins: bool, path: int) -> int:
     return len(PATHS) * SHAPES.index((bits, group, has_mins)) + path
 
 
+def unpack_variant(number: int) -> tuple[int, int, bool, int]:
+    """variant() backwards: (bits, group, has_mins, path)."""
+    bits, group, mins = SHAPES[number // len(PATHS)]
+    return bits, group, mins, number % len(PATHS)
+
+
 def tile_dot(n_rows: int, n_tokens: int):
     """A Numba intrinsic  f(qweight, scales, mins, row, xq, xd, xsum, token, out, variant)  that writes
-    out[token + t, row + r] = (row + r of W) . (token + t of x) for r < n_rows, t < n_tokens, the
-    format and the path picked by `variant` (see variant()). qweight (rows, n_groups * qbytes)
-    uint8; scales and mins (rows, n_groups) fp16 bits as uint16 (mins unused by symmetric formats);
-    xq (tokens, n_groups * G) int8, xd and xsum (tokens, n_groups) float32; out (tokens, rows)
-    float32; all C-contiguous. An unknown variant writes nothing."""
+    out[token + t, row + r] = (row + r of W) . (token + t of x) for r < n_rows, t < n_tokens, in
+    the format and path of `variant` (see variant()), which must be a compile-time constant (a
+    Numba literal, see numba.literally): only the kernels a model uses are compiled.
+    qweight (rows, n_groups * qbytes) uint8; scales and mins (rows, n_groups) fp16 bits as uint16
+    (mins unused by symmetric formats); xq (tokens, n_groups * G) int8, xd and xsum (tokens,
+    n_groups) float32; out (tokens, rows) float32; all C-contiguous."""
     features = host_features()
     best = best_path(features)
     exact_half = "sse2" not in features or "f16c" in features     # x86 without F16C: the multiply
 
     @intrinsic
     def dot(typingctx, qweight, scales, mins, row, xq, xd, xsum, token, out, variant_id):
+        if not isinstance(variant_id, types.IntegerLiteral):
+            return None
+        bits, group, has_mins, path = unpack_variant(variant_id.literal_value)
+        emitted = min(path, best)                  # a path the host lacks: the next one down
+        name = f"qllama_tile_dot_{n_rows}x{n_tokens}_{bits}_{group}_{int(has_mins)}_{PATHS[emitted]}_{int(exact_half)}"
         sig = types.void(qweight, scales, mins, row, xq, xd, xsum, token, out, variant_id)
 
         def codegen(context, b, signature, args):
             qw_t, sc_t, mn_t, _, xq_t, xd_t, xs_t, _, out_t, _ = signature.args
-            qw, sc, mn, r, xq_, xd_, xs_, tok, out_, var = args
+            qw, sc, mn, r, xq_, xd_, xs_, tok, out_, _ = args
             arrays = [context.make_array(t)(context, b, a) for t, a in
                       ((qw_t, qw), (sc_t, sc), (mn_t, mn), (xq_t, xq_), (xd_t, xd_), (xs_t, xs_), (out_t, out_))]
             qwa, sca, mna, xqa, xda, xsa, outa = arrays
@@ -319,27 +331,13 @@ def tile_dot(n_rows: int, n_tokens: int):
 
             def at(arr, elt, index):
                 return b.gep(b.bitcast(arr.data, elt.as_pointer()), [index])
-            call_args = [
+            fn = b.module.globals.get(name) or _define_tile_dot(
+                b.module, name, n_rows, n_tokens, bits, group, has_mins, OFFSET[bits, has_mins], emitted, exact_half)
+            b.call(fn, [
                 at(qwa, I8, b.mul(r, w_stride)), w_stride, at(sca, I16, b.mul(r, s_stride)),
                 at(mna, I16, b.mul(r, s_stride)), s_stride, at(xqa, I8, b.mul(tok, xq_stride)), xq_stride,
                 at(xda, F32, b.mul(tok, s_stride)), at(xsa, F32, b.mul(tok, s_stride)), s_stride, s_stride,
-                at(outa, F32, b.add(b.mul(tok, out_stride), r)), out_stride]
-            mod = b.module
-            after = b.append_basic_block("tile_dot_after")
-            switch = b.switch(var, after)
-            for bits, group, mins in SHAPES:
-                for path in range(len(PATHS)):
-                    emitted = min(path, best)              # a path the host lacks: the next one down
-                    name = (f"qllama_tile_dot_{n_rows}x{n_tokens}_{bits}_{group}_{int(mins)}_{PATHS[emitted]}"
-                            f"_{int(exact_half)}")
-                    fn = mod.globals.get(name) or _define_tile_dot(
-                        mod, name, n_rows, n_tokens, bits, group, mins, OFFSET[bits, mins], emitted, exact_half)
-                    case = b.append_basic_block(f"tile_dot_{bits}_{group}_{int(mins)}_{PATHS[path]}")
-                    switch.add_case(ir.Constant(var.type, variant(bits, group, mins, path)), case)
-                    with b.goto_block(case):
-                        b.call(fn, call_args)
-                        b.branch(after)
-            b.position_at_end(after)
+                at(outa, F32, b.add(b.mul(tok, out_stride), r)), out_stride])
             return context.get_dummy_value()
 
         return sig, codegen

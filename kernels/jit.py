@@ -1,0 +1,39 @@
+"""`kernel`: numba.njit with an on-disk cache that a change to any kernel source invalidates.
+
+Numba keys a cached function by its own file's timestamp, but these kernels inline LLVM IR written
+in vector_ir.py, so an edited vector_ir.py would leave stale machine code in the cache of every
+file that uses it. The cache therefore lives in a folder named by a hash of all kernels/*.py
+(under qllama's cache folder, so a read-only install still caches). A folder that cannot be made
+falls back to Numba's usual places.
+"""
+from __future__ import annotations
+
+import hashlib
+from contextlib import contextmanager
+from pathlib import Path
+
+import numba
+import numba.core.config
+
+from ..paths import cache_dir
+
+SOURCE_HASH = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(Path(__file__).parent.glob("*.py")))).hexdigest()
+
+
+@contextmanager
+def _cache_folder():
+    """Numba picks a function's cache folder when it is decorated: point it at ours meanwhile."""
+    previous = numba.core.config.CACHE_DIR
+    numba.core.config.CACHE_DIR = str(cache_dir() / "numba" / f"{numba.__version__}-{SOURCE_HASH[:16]}")
+    try:
+        yield
+    finally:
+        numba.core.config.CACHE_DIR = previous
+
+
+def kernel(**options):
+    """@kernel(parallel=True, fastmath=True, ...): numba.njit(cache=True, **options) into our folder."""
+    def decorate(fn):
+        with _cache_folder():
+            return numba.njit(cache=True, **options)(fn)
+    return decorate
