@@ -1,8 +1,10 @@
 """The matrices of a model, behind one interface: `lin(x)` multiplies, `lin.rows(ids)` looks rows up.
 
-DenseLinear holds float32 (the reference); QuantLinear holds a format's planes as they are in the
-file (no copies) and runs the Numba kernels on them: the activation quantized to int8 per group,
-then integer tiles of rows times tokens (a GEMV for one token, a GEMM for a prompt).
+DenseLinear holds float32 (the reference); QuantLinear holds a format's planes and runs the Numba
+kernels on them: the activation quantized to int8 per group, then integer tiles of rows times
+tokens (a GEMV for one token, a GEMM for a prompt). Planes are copied once into the kernels'
+8-row interleaved layout (kernels/layout.py), after which the caller may drop the file's pages
+(SourceTensor.done); only 8-bit planes on the avx2 path are used as they are in the file.
 """
 from __future__ import annotations
 
@@ -10,7 +12,9 @@ import os
 
 import numpy as np
 
-from .kernels.matmul import dequantize, matmul_kernel, quantize_activations
+from .kernels import layout
+from .kernels.interleaved_ir import BIAS_8BIT
+from .kernels.matmul import bias_codes, dequantize, interleaves, matmul_kernel, quantize_activations
 from .kernels.vector_ir import AVX2, AVX512, PORTABLE, best_path, variant
 from .quantize.tensor import QuantizedTensor
 
@@ -37,13 +41,21 @@ class QuantLinear:
         fmt = q.fmt
         self.shape = q.shape
         self.bits, self.group, self.offset = fmt.bits, fmt.group_size, fmt.family.offset
+        self.group_bytes = self.group * self.bits // 8
         self.qweight = np.ascontiguousarray(q.qweight)
         self.scales = np.ascontiguousarray(q.scales).view(np.uint16)     # fp16 bits, read by the kernels
         self.mins = NO_MINS if q.mins is None else np.ascontiguousarray(q.mins).view(np.uint16)
         self.n_groups = self.scales.shape[1]
         self.in_padded = self.n_groups * self.group
-        if path == AVX512 and self.group == 32 and self.n_groups % 2:
-            path = AVX2                 # the avx512 kernel takes groups of 32 in pairs
+        self.interleaved = interleaves(self.bits, path)
+        if self.interleaved:
+            self.qweight = layout.interleave_codes(self.qweight, self.group_bytes)
+            if self.bits == 8:
+                bias_codes(self.qweight)
+            self.scales = layout.interleave_groups(self.scales)
+            self.mins = self.mins if q.mins is None else layout.interleave_groups(self.mins)
+        elif path == AVX512 and self.group == 32 and self.n_groups % 2:
+            path = AVX2                 # the avx512 row-tile kernel takes groups of 32 in pairs
         self.matmul = matmul_kernel(variant(self.bits, self.group, q.mins is not None, path))
         self.nbytes = q.nbytes
 
@@ -63,11 +75,17 @@ class QuantLinear:
         self.matmul(self.qweight, self.scales, self.mins, xq, xd, xsum, out)
         return out
 
-    def _dequantize(self, r0: int, r1: int, out: np.ndarray):
-        dequantize(self.qweight, self.scales, self.mins, self.bits, self.offset, r0, r1, out)
-
     def rows(self, ids) -> np.ndarray:
         out = np.empty((len(ids), self.in_padded), np.float32)
         for i, r in enumerate(ids):
-            self._dequantize(int(r), int(r) + 1, out[i:i + 1])
+            r = int(r)
+            if self.interleaved:        # the row gathered back into the file's layout
+                codes = layout.row_codes(self.qweight, self.group_bytes, r)[None]
+                if self.bits == 8 and r < len(self.qweight) // layout.ROWS * layout.ROWS:
+                    codes ^= np.uint8(BIAS_8BIT)
+                scales = layout.row_groups(self.scales, r)[None]
+                mins = self.mins if self.mins is NO_MINS else layout.row_groups(self.mins, r)[None]
+                dequantize(codes, scales, mins, self.bits, self.offset, 0, 1, out[i:i + 1])
+            else:
+                dequantize(self.qweight, self.scales, self.mins, self.bits, self.offset, r, r + 1, out[i:i + 1])
         return out[:, :self.shape[1]]

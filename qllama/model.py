@@ -163,9 +163,14 @@ def build_weight(t: SourceTensor, reference: bool):
         return t.float32()
     if not reference:
         if t.quantized is not None:
-            return QuantLinear(t.quantized)
+            lin = QuantLinear(t.quantized)
+            if lin.interleaved:     # the kernels read a copy: the file's pages leave this process
+                t.done()
+            return lin
         if t.dtype in BY_GGML_TYPE and t.shape[1] % 32 == 0:
-            return QuantLinear(from_ggml_blocks(t.raw if t.rows is None else t.raw[t.rows], t.shape, BY_GGML_TYPE[t.dtype]))
+            lin = QuantLinear(from_ggml_blocks(t.raw if t.rows is None else t.raw[t.rows], t.shape, BY_GGML_TYPE[t.dtype]))
+            t.done()                # the planes are copies of the blocks
+            return lin
     return DenseLinear(t.float32())
 
 

@@ -44,7 +44,7 @@ def test_kernels_match_the_reference_dequantize(fmt, rows, cols, path):
     w = RNG.standard_normal((rows, cols)).astype(np.float32)
     q = quantize_matrix(w, fmt)
     lin, ref = QuantLinear(q, path=path), q.dequantize().astype(np.float64)
-    for n in (1, 3, 9):                  # decode GEMVs, then prefill tiles with ragged token tails
+    for n in (1, 3, 13, 70):   # decode GEMVs; prefill: every token tile (8, 4, 1) and a second token chunk
         x = RNG.standard_normal((n, cols)).astype(np.float32)
         # the kernels multiply by the int8-quantized activation: exactly W . x_hat in exact
         # arithmetic, so only float32 summation error remains (~ sqrt(cols) eps |terms|)

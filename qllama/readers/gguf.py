@@ -5,6 +5,7 @@ are permuted whole (groups run along the input dimension), so quantized rows sta
 """
 from __future__ import annotations
 
+import mmap
 import re
 from pathlib import Path
 
@@ -50,6 +51,16 @@ def open_gguf_reader(path: Path):
         raise QllamaError(f"{path}: malformed GGUF file ({type(e).__name__}: {e})") from None
 
 
+def page_release(reader, begin: int, end: int):
+    """A function that drops the file pages of bytes begin..end from this process (they stay in
+    the OS page cache; a later read maps them again), or None where the mapping does not allow it."""
+    mapping = getattr(reader.data, "_mmap", None)      # numpy.memmap's mmap.mmap
+    if mapping is None or not hasattr(mmap, "MADV_DONTNEED"):
+        return None
+    begin -= begin % mmap.PAGESIZE
+    return lambda: mapping.madvise(mmap.MADV_DONTNEED, begin, end - begin) if end > begin else None
+
+
 def decoder(qtype):
     import gguf
     if qtype == gguf.GGMLQuantizationType.F32:
@@ -92,7 +103,8 @@ def read_gguf(path: Path) -> Checkpoint:
             rows = interleaved_to_rotate_half(args.n_heads, args.head_dim)
         elif name.endswith("k_proj.weight"):
             rows = interleaved_to_rotate_half(args.n_kv_heads, args.head_dim)
-        tensors[name] = SourceTensor(shape, qtype.name, t.data, decoder(qtype), rows)
+        tensors[name] = SourceTensor(shape, qtype.name, t.data, decoder(qtype), rows,
+                                     release=page_release(reader, t.data_offset, t.data_offset + int(t.n_bytes)))
     check_tensors(path, args, {n: t.shape for n, t in tensors.items()})
     tokenizer = tokenizer_from_gguf(meta, str(path)) if "tokenizer.ggml.model" in meta else None
     template = meta.get("tokenizer.chat_template")

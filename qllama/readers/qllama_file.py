@@ -49,7 +49,8 @@ def read_qllama_file(path: Path) -> Checkpoint:
                 raise QllamaError(f"{path}: plane {name}.{plane} is missing or has the wrong shape or dtype")
             planes[plane] = array
         q = QuantizedTensor(fmt, shape, planes["qweight"], planes["scales"], planes.get("mins"))
-        tensors[name] = SourceTensor(shape, fmt.name, q.qweight, lambda _, q=q: q.dequantize(), quantized=q)
+        tensors[name] = SourceTensor(shape, fmt.name, q.qweight, lambda _, q=q: q.dequantize(), quantized=q,
+                                     release=lambda n=name, p=tuple(planes): [st.release(f"{n}.{x}") for x in p])
     for name, array in st.arrays.items():
         if name.rsplit(".", 1)[-1] not in ("qweight", "scales", "mins") and not name.startswith("qllama."):
             if st.dtypes[name] != "F32":
