@@ -44,6 +44,7 @@ class Checkpoint:
     tokenizer: object | None                # qllama.tokenizer.Tokenizer
     chat_template: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)  # extra facts for `qllama info`
+    release: Callable[[], None] | None = None  # drops every mapped page of the source from this process
 
 
 def expected_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:

@@ -111,6 +111,10 @@ class Model:
         if self.ctx <= 0:
             raise QllamaError(f"context size must be positive, got {self.ctx}")
         self.weights = {name: build_weight(t, reference) for name, t in checkpoint.tensors.items()}
+        if checkpoint.release is not None:
+            # the kernels read copies (or map the pages again where they read the file's planes):
+            # whatever the copying mapped, in pages or in the page cache's large folios, goes
+            checkpoint.release()
         # the reference keeps float32 keys/values; the fast path float16 (half the memory and reads)
         kv_dtype = kv_dtype or ("f32" if reference else "f16")
         if kv_dtype not in KV_DTYPES:
@@ -160,7 +164,7 @@ def build_weight(t: SourceTensor, reference: bool):
     """Vectors -> float32 arrays; matrices -> QuantLinear over their planes when the source has them
     (qllama files, GGUF Q8_0/Q4_0/Q4_1), else DenseLinear. reference=True: float32 everywhere."""
     if len(t.shape) == 1:
-        return t.float32()
+        return np.array(t.float32())    # a copy: the forward pass then never touches the file's pages
     if not reference:
         if t.quantized is not None:
             lin = QuantLinear(t.quantized)

@@ -109,4 +109,5 @@ def read_gguf(path: Path) -> Checkpoint:
     tokenizer = tokenizer_from_gguf(meta, str(path)) if "tokenizer.ggml.model" in meta else None
     template = meta.get("tokenizer.chat_template")
     info = {"source": str(path), "gguf.name": str(meta.get("general.name", ""))}
-    return Checkpoint(path, "gguf", args, tensors, tokenizer, template if isinstance(template, str) else None, info)
+    return Checkpoint(path, "gguf", args, tensors, tokenizer, template if isinstance(template, str) else None, info,
+                      release=page_release(reader, 0, size))

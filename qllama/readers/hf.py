@@ -72,10 +72,12 @@ def read_hf_folder(folder: Path, tokenizer_path=None) -> Checkpoint:
         raise QllamaError(f"{folder}: no config.json: not a Hugging Face model folder")
     cfg = read_json(config_path)
     tensors: dict[str, SourceTensor] = {}
+    shards = []
     for file in weight_files(folder):
         if not file.exists():
             raise QllamaError(f"{file}: shard named in the index is missing")
         st = SafetensorsFile(file)
+        shards.append(st)
         for name, raw in st.arrays.items():
             if name.endswith("rotary_emb.inv_freq"):
                 continue
@@ -91,4 +93,4 @@ def read_hf_folder(folder: Path, tokenizer_path=None) -> Checkpoint:
     check_tensors(folder, args, {n: t.shape for n, t in tensors.items()})
     tokenizer = find_tokenizer(folder, tokenizer_path)
     return Checkpoint(folder, "hf", args, tensors, tokenizer, read_chat_template(folder),
-                      {"source": str(folder)})
+                      {"source": str(folder)}, release=lambda: [st.release_all() for st in shards])

@@ -63,7 +63,8 @@ def read_qllama_file(path: Path) -> Checkpoint:
         tokenizer = Tokenizer.from_bytes(meta.get("qllama.tokenizer_kind"), st.arrays["qllama.tokenizer"].tobytes(), settings)
     info = {k.removeprefix("qllama."): v for k, v in meta.items()
             if k in ("qllama.version", "qllama.format_version", "qllama.source", "qllama.source_sha256")}
-    return Checkpoint(path, "qllama", args, tensors, tokenizer, meta.get("qllama.chat_template"), info)
+    return Checkpoint(path, "qllama", args, tensors, tokenizer, meta.get("qllama.chat_template"), info,
+                      release=st.release_all)
 
 
 def _input_width(path, name, args: ModelArgs, padded: int, group_size: int) -> int:

@@ -81,6 +81,11 @@ class SafetensorsFile:
         if self._map is not None and end > begin and hasattr(mmap, "MADV_DONTNEED"):
             self._map.madvise(mmap.MADV_DONTNEED, begin, end - begin)
 
+    def release_all(self) -> None:
+        """release() for the whole file."""
+        if self._map is not None and hasattr(mmap, "MADV_DONTNEED"):
+            self._map.madvise(mmap.MADV_DONTNEED)
+
     def _view(self, buffer, data_start, data_size, name, info):
         try:
             dtype_name, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
