@@ -3,16 +3,17 @@
 
     python bench/profile_forward.py [MODEL] [--prompt 512] [--decode 64] [--threads 2]
 
-MODEL is anything `qllama run -m` takes (default: the default model). Every matrix and the
-attention call are wrapped in a timer (perf_counter around the call: the kernels return only when
-their threads are done); "other" is the rest of the forward pass (embedding lookup, RMSNorm, RoPE,
-SwiGLU, the cache update, Python). Prints milliseconds per token and shares for a prefill of
+MODEL is anything `qllama run -m` takes (default: the default model). Every matrix and each step
+between them (attention, RMSNorm, RoPE, SwiGLU's gate) are wrapped in a timer (perf_counter around
+the call: the kernels return only when their threads are done); "other" is the rest of the forward
+pass (embedding lookup, residual adds, the cache update, Python). Prints milliseconds per token and shares for a prefill of
 --prompt tokens and for --decode single-token steps after it, and the matrices' effective GB/s in
 decode (their bytes times calls per second).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from collections import defaultdict
 
@@ -47,20 +48,23 @@ def profile(model, run) -> tuple[float, dict]:
     table = defaultdict(lambda: [0.0, 0])
     weights = model.weights
     model.weights = {n: Timed(w, kind(n), table) if callable(w) and hasattr(w, "rows") else w for n, w in weights.items()}
-    attend = model.attend
+    ops = model.ops
 
-    def timed_attend(*args):
-        t = time.perf_counter()
-        out = attend(*args)
-        table["attention"][0] += time.perf_counter() - t
-        return out
-    model.attend = timed_attend
+    def timed(label, fn):
+        def call(*args):
+            t = time.perf_counter()
+            out = fn(*args)
+            table[label][0] += time.perf_counter() - t
+            return out
+        return call
+    model.ops = dataclasses.replace(ops, **{f.name: timed("attention" if f.name == "attend" else f.name,
+                                                          getattr(ops, f.name)) for f in dataclasses.fields(ops)})
     try:
         t = time.perf_counter()
         run()
         total = time.perf_counter() - t
     finally:
-        model.weights, model.attend = weights, attend
+        model.weights, model.ops = weights, ops
     return total, dict(table)
 
 

@@ -16,7 +16,7 @@
    (GGUFWriter.add_tensor_info, then write_tensor_data), so at most one tensor is in memory.
 2. Runs, interleaved qllama, llama.cpp, qllama, ... --runs times each, every run a fresh child
    process with T threads (numba.set_num_threads(T) and OPENBLAS_NUM_THREADS=T for qllama, whose
-   prefill multiplies dequantized tiles with BLAS; n_threads = n_threads_batch = T for llama.cpp).
+   numpy parts may call BLAS; n_threads = n_threads_batch = T for llama.cpp).
    qllama: `qllama.benchmark.bench` (n_ctx 1024, float16 KV cache). llama.cpp: Llama(n_ctx=1024,
    n_batch=512), float16 KV cache (its default); an 8-token eval warms up, then prefill is one
    timed `llm.eval(ids)` of 128 or 512 random token ids from position 0 (after `llm.reset()`), and

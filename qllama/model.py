@@ -7,12 +7,16 @@ rmsnorm -> SwiGLU -> w2 + residual -> final norm -> logits.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
 
 from .cache import KVCache
 from .checkpoint import Checkpoint, SourceTensor, open_checkpoint
 from .config import ModelArgs
 from .errors import QllamaError
+from .kernels import elementwise
 from .kernels.attention import attention as attention_kernel
 from .linear import DenseLinear, QuantLinear
 from .quantize.formats import BY_GGML_TYPE
@@ -64,11 +68,24 @@ def attend_kernel(q: np.ndarray, keys: np.ndarray, values: np.ndarray, pos: int,
     return out
 
 
+@dataclass(frozen=True)
+class Ops:
+    """The steps of a forward pass between the matmuls: numpy (the reference) or Numba kernels."""
+    rmsnorm: Callable        # (x, weight, eps)
+    rope: Callable           # (x, cos, sin)
+    silu_mul: Callable       # (gate, up) -> silu(gate) * up
+    attend: Callable         # (q, keys, values, pos, n_rep)
+
+
+REFERENCE_OPS = Ops(rmsnorm, apply_rope, lambda gate, up: silu(gate) * up, attend_reference)
+KERNEL_OPS = Ops(elementwise.rmsnorm, elementwise.rope, elementwise.silu_mul, attend_kernel)
+
+
 def forward(w: dict, args: ModelArgs, cache: KVCache, cos, sin, tokens: np.ndarray, pos: int,
-            last_only: bool = False, observe=None, attend=attend_reference) -> np.ndarray:
+            last_only: bool = False, observe=None, ops: Ops = REFERENCE_OPS) -> np.ndarray:
     """tokens (n,) at positions pos..pos+n -> logits (n, vocab), or (1, vocab) with last_only.
     observe(weight_name, x), if given, sees the input of every matmul (for calibration);
-    attend(q, keys, values, pos, n_rep) is attention over the cache (attend_reference or the kernel)."""
+    ops: the steps between the matmuls (REFERENCE_OPS or KERNEL_OPS)."""
     def linear(name, x):                                                # x (n, in) @ W (out, in).T
         if observe is not None:
             observe(name, x)
@@ -80,21 +97,21 @@ def forward(w: dict, args: ModelArgs, cache: KVCache, cos, sin, tokens: np.ndarr
     for i in range(args.n_layers):
         p = f"model.layers.{i}."
         # attention: rmsnorm, project to q/k/v, rotate q and k, attend over the cache
-        h = rmsnorm(x, w[p + "input_layernorm.weight"], args.norm_eps)
+        h = ops.rmsnorm(x, w[p + "input_layernorm.weight"], args.norm_eps)
         q = linear(p + "self_attn.q_proj.weight", h).reshape(n, args.n_heads, args.head_dim)
         k = linear(p + "self_attn.k_proj.weight", h).reshape(n, args.n_kv_heads, args.head_dim)
         v = linear(p + "self_attn.v_proj.weight", h).reshape(n, args.n_kv_heads, args.head_dim)
-        q, k = apply_rope(q, rc, rs), apply_rope(k, rc, rs)
+        q, k = ops.rope(q, rc, rs), ops.rope(k, rc, rs)
         keys, values = cache.update(i, pos, k, v)                       # (pos+n, kv_heads, hd)
-        att = attend(q, keys, values, pos, args.n_rep)                  # (n, q_dim)
+        att = ops.attend(q, keys, values, pos, args.n_rep)              # (n, q_dim)
         x = x + linear(p + "self_attn.o_proj.weight", att)
         # feed-forward: rmsnorm, SwiGLU, project back, residual
-        h = rmsnorm(x, w[p + "post_attention_layernorm.weight"], args.norm_eps)
-        gate = silu(linear(p + "mlp.gate_proj.weight", h)) * linear(p + "mlp.up_proj.weight", h)
+        h = ops.rmsnorm(x, w[p + "post_attention_layernorm.weight"], args.norm_eps)
+        gate = ops.silu_mul(linear(p + "mlp.gate_proj.weight", h), linear(p + "mlp.up_proj.weight", h))
         x = x + linear(p + "mlp.down_proj.weight", gate)
     if last_only:
         x = x[-1:]
-    x = rmsnorm(x, w["model.norm.weight"], args.norm_eps)
+    x = ops.rmsnorm(x, w["model.norm.weight"], args.norm_eps)
     return linear("model.embed_tokens.weight" if args.tied_embeddings else "lm_head.weight", x)  # (n, vocab)
 
 
@@ -121,7 +138,7 @@ class Model:
             raise QllamaError(f"KV cache type {kv_dtype!r} is not one of {', '.join(KV_DTYPES)}")
         self.cache = KVCache(self.args, self.ctx, KV_DTYPES[kv_dtype])
         self.cos, self.sin = rope_tables(self.args, self.ctx)
-        self.attend = attend_reference if reference else attend_kernel
+        self.ops = REFERENCE_OPS if reference else KERNEL_OPS
         self.past_tokens: list[int] = []  # the tokens whose keys/values the cache holds, in order
 
     def forward(self, tokens, pos: int, last_only: bool = False, observe=None) -> np.ndarray:
@@ -132,7 +149,7 @@ class Model:
         if pos + len(tokens) > self.ctx:
             raise QllamaError(f"{pos + len(tokens)} tokens do not fit in the context of {self.ctx} tokens")
         logits = forward(self.weights, self.args, self.cache, self.cos, self.sin, tokens, pos, last_only, observe,
-                         self.attend)
+                         self.ops)
         del self.past_tokens[pos:]                  # in place: a decode step appends, never copies
         self.past_tokens.extend(tokens.tolist())
         return logits.astype(np.float32, copy=False)

@@ -130,6 +130,24 @@ def test_attention_kernel_matches_the_reference(n, pos, heads, kv_heads, hd, cac
     assert np.abs(got - expected).max() < 1e-5 * np.abs(values[:pos + n]).max()
 
 
+@pytest.mark.parametrize("n", [1, 9])            # a decode step (serial) and a prompt (threads)
+def test_elementwise_kernels_match_numpy(n):
+    from qllama.kernels import elementwise
+    from qllama.model import rmsnorm, silu
+    from qllama.rope import apply_rope
+    x = (RNG.standard_normal((n, 96)) * 5).astype(np.float32)
+    weight = RNG.standard_normal(96).astype(np.float32)
+    gate, up = (RNG.standard_normal((2, n, 200)) * 30).astype(np.float32)   # silu's tails: exp under- and overflow
+    q = RNG.standard_normal((n, 3, 64)).astype(np.float32)
+    angles = RNG.random((n, 32)) * 100
+    cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+    for got, expected in [(elementwise.rmsnorm(x, weight, 1e-5), rmsnorm(x, weight, 1e-5)),
+                          (elementwise.silu_mul(gate, up), silu(gate.astype(np.float64)) * up),
+                          (elementwise.rope(q, cos, sin), apply_rope(q, cos, sin))]:
+        assert got.dtype == np.float32 and got.shape == expected.shape
+        assert np.abs(got - expected).max() <= 1e-6 * np.abs(expected).max()
+
+
 def test_vectorizable_exp_matches_numpy():
     import numba as nb
     from qllama.kernels.exp import exp_f32
