@@ -21,7 +21,7 @@ import numpy as np
 
 
 def kind(name: str) -> str:
-    for part in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
+    for part in ("qkv_proj", "gate_up_proj", "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
         if part in name:
             return part
     return "output head"

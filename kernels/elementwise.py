@@ -91,7 +91,9 @@ def rmsnorm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
 
 
 def silu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
-    """silu(gate) * up, SwiGLU's gating, (n, hidden) float32."""
+    """silu(gate) * up, SwiGLU's gating, (n, hidden) float32. Column slices of a stacked matmul's
+    output are copied first: the kernel vectorizes only over contiguous rows."""
+    gate, up = np.ascontiguousarray(gate), np.ascontiguousarray(up)
     out = np.empty_like(gate)
     (_silu_mul_parallel if len(gate) >= PARALLEL_ROWS else _silu_mul_serial)(gate, up, out)
     return out

@@ -8,6 +8,7 @@ tokens (a GEMV for one token, a GEMM for a prompt). Planes are copied once into 
 """
 from __future__ import annotations
 
+import copy
 import os
 
 import numpy as np
@@ -89,3 +90,26 @@ class QuantLinear:
             else:
                 dequantize(self.qweight, self.scales, self.mins, self.bits, self.offset, r, r + 1, out[i:i + 1])
         return out[:, :self.shape[1]]
+
+
+def stacked(parts: list) -> QuantLinear | None:
+    """One QuantLinear for matrices that multiply the same input (a layer's q, k, v; gate and up),
+    their rows one after another: one call (activation quantized once, threads woken once) instead
+    of several, which is most of the time of a small model's small matrices in decode. None where
+    the parts differ in format or input, or a part's rows would split an interleaved block."""
+    first = parts[0]
+    if not all(isinstance(p, QuantLinear) for p in parts):
+        return None
+    same = (first.bits, first.group, first.offset, first.matmul, first.shape[1], first.mins is NO_MINS)
+    if not all(same == (p.bits, p.group, p.offset, p.matmul, p.shape[1], p.mins is NO_MINS) for p in parts):
+        return None
+    if first.interleaved and any(p.shape[0] % layout.ROWS for p in parts):
+        return None
+    fused = copy.copy(first)
+    fused.qweight = np.concatenate([p.qweight for p in parts])
+    fused.scales = np.concatenate([p.scales for p in parts])
+    fused.mins = NO_MINS if first.mins is NO_MINS else np.concatenate([p.mins for p in parts])
+    fused.shape = (sum(p.shape[0] for p in parts), first.shape[1])
+    fused.nbytes = sum(p.nbytes for p in parts)
+    fused.part_rows = [p.shape[0] for p in parts]     # the output's columns, part by part
+    return fused

@@ -18,7 +18,7 @@ from .config import ModelArgs
 from .errors import QllamaError
 from .kernels import elementwise
 from .kernels.attention import attention as attention_kernel
-from .linear import DenseLinear, QuantLinear
+from .linear import DenseLinear, QuantLinear, stacked
 from .quantize.formats import BY_GGML_TYPE
 from .quantize.tensor import from_ggml_blocks
 from .rope import apply_rope, rope_tables
@@ -68,6 +68,11 @@ def attend_kernel(q: np.ndarray, keys: np.ndarray, values: np.ndarray, pos: int,
     return out
 
 
+QKV = ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight")
+GATE_UP = ("mlp.gate_proj.weight", "mlp.up_proj.weight")
+STACKED = {QKV: "self_attn.qkv_proj.weight", GATE_UP: "mlp.gate_up_proj.weight"}  # a layer's fused matrices
+
+
 @dataclass(frozen=True)
 class Ops:
     """The steps of a forward pass between the matmuls: numpy (the reference) or Numba kernels."""
@@ -91,6 +96,14 @@ def forward(w: dict, args: ModelArgs, cache: KVCache, cos, sin, tokens: np.ndarr
             observe(name, x)
         return w[name](x)
 
+    def linears(prefix, names, x):       # several matrices of one input, stacked where the model could
+        fused = w.get(prefix + STACKED[names])
+        if fused is None:
+            return [linear(prefix + name, x) for name in names]
+        for name in names if observe is not None else ():
+            observe(prefix + name, x)
+        return np.split(fused(x), np.cumsum(fused.part_rows[:-1]), axis=1)
+
     n = len(tokens)
     x = w["model.embed_tokens.weight"].rows(tokens)                     # (n, dim)
     rc, rs = cos[pos:pos + n], sin[pos:pos + n]
@@ -98,16 +111,16 @@ def forward(w: dict, args: ModelArgs, cache: KVCache, cos, sin, tokens: np.ndarr
         p = f"model.layers.{i}."
         # attention: rmsnorm, project to q/k/v, rotate q and k, attend over the cache
         h = ops.rmsnorm(x, w[p + "input_layernorm.weight"], args.norm_eps)
-        q = linear(p + "self_attn.q_proj.weight", h).reshape(n, args.n_heads, args.head_dim)
-        k = linear(p + "self_attn.k_proj.weight", h).reshape(n, args.n_kv_heads, args.head_dim)
-        v = linear(p + "self_attn.v_proj.weight", h).reshape(n, args.n_kv_heads, args.head_dim)
+        q, k, v = linears(p, QKV, h)
+        q = q.reshape(n, args.n_heads, args.head_dim)
+        k, v = k.reshape(n, args.n_kv_heads, args.head_dim), v.reshape(n, args.n_kv_heads, args.head_dim)
         q, k = ops.rope(q, rc, rs), ops.rope(k, rc, rs)
         keys, values = cache.update(i, pos, k, v)                       # (pos+n, kv_heads, hd)
         att = ops.attend(q, keys, values, pos, args.n_rep)              # (n, q_dim)
         x = x + linear(p + "self_attn.o_proj.weight", att)
         # feed-forward: rmsnorm, SwiGLU, project back, residual
         h = ops.rmsnorm(x, w[p + "post_attention_layernorm.weight"], args.norm_eps)
-        gate = ops.silu_mul(linear(p + "mlp.gate_proj.weight", h), linear(p + "mlp.up_proj.weight", h))
+        gate = ops.silu_mul(*linears(p, GATE_UP, h))
         x = x + linear(p + "mlp.down_proj.weight", gate)
     if last_only:
         x = x[-1:]
@@ -128,6 +141,14 @@ class Model:
         if self.ctx <= 0:
             raise QllamaError(f"context size must be positive, got {self.ctx}")
         self.weights = {name: build_weight(t, reference) for name, t in checkpoint.tensors.items()}
+        for i in range(self.args.n_layers):
+            for names, fused_name in STACKED.items():
+                prefix = f"model.layers.{i}."
+                fused = stacked([self.weights[prefix + name] for name in names])
+                if fused is not None:       # the parts' arrays are dropped with them
+                    self.weights[prefix + fused_name] = fused
+                    for name in names:
+                        del self.weights[prefix + name]
         if checkpoint.release is not None:
             # the kernels read copies (or map the pages again where they read the file's planes):
             # whatever the copying mapped, in pages or in the page cache's large folios, goes

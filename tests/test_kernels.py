@@ -56,6 +56,20 @@ def test_kernels_match_the_reference_dequantize(fmt, rows, cols, path):
     assert np.array_equal(lin.rows(ids), ref[ids].astype(np.float32))
 
 
+def test_stacked_matrices_multiply_as_their_parts():
+    from qllama.linear import stacked
+    fmt = FORMATS["q4_g32"]
+    parts = [QuantLinear(quantize_matrix(RNG.standard_normal((rows, 96)).astype(np.float32), fmt)) for rows in (16, 8, 24)]
+    fused = stacked(parts)
+    for n in (1, 13):
+        x = RNG.standard_normal((n, 96)).astype(np.float32)
+        assert np.array_equal(fused(x), np.concatenate([p(x) for p in parts], axis=1))   # rows are independent
+    odd = QuantLinear(quantize_matrix(RNG.standard_normal((12, 96)).astype(np.float32), fmt))
+    assert stacked([parts[0], odd]) is None                     # 12 rows would split an interleaved block
+    assert stacked([parts[0], QuantLinear(quantize_matrix(RNG.standard_normal((8, 96)).astype(np.float32),
+                                                          FORMATS["q8_g32"]))]) is None
+
+
 def greedy(model, prompt, n):
     return list(model.generate(prompt, max_tokens=n, temperature=0))
 
@@ -79,7 +93,7 @@ def test_fast_quantized_stories_matches_reference(tmp_path):
     out = tmp_path / "s.safetensors"
     convert(SHARED_MODELS / "stories260K" / "stories260K.bin", out, format="q4")
     fast, ref = qllama.load(out), qllama.load(out, reference=True)
-    assert isinstance(fast.weights["model.layers.0.mlp.up_proj.weight"], QuantLinear)
+    assert isinstance(fast.weights["model.layers.0.mlp.down_proj.weight"], QuantLinear)
     ids = fast.tokenizer.encode("Once upon a time there was a big dog")
     assert relative_rms(qllama.load(out, kv_dtype="f32").logits(ids), ref.logits(ids)) < LOGITS_RELATIVE_RMS
     assert greedy(fast, "Once upon a time", 32) == greedy(ref, "Once upon a time", 32)
@@ -92,7 +106,7 @@ def test_fast_smollm2_matches_reference(smollm2_gguf):
     to both, and the fast model must pick the reference's top token wherever the reference is not
     near a tie (measured: disagreements only at margins of 0.05-0.09 logits)."""
     fast, ref = qllama.load(smollm2_gguf), qllama.load(smollm2_gguf, reference=True)
-    assert isinstance(fast.weights["model.layers.0.self_attn.q_proj.weight"], QuantLinear)
+    assert isinstance(fast.weights["model.layers.0.self_attn.qkv_proj.weight"], QuantLinear)  # stacked
     ids = fast.tokenizer.encode("The capital of France is")
     assert relative_rms(qllama.load(smollm2_gguf, kv_dtype="f32").logits(ids), ref.logits(ids)) < LOGITS_RELATIVE_RMS
     seq = ids + greedy(ref, ids, 32)
