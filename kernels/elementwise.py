@@ -82,8 +82,26 @@ def _rope_parallel(x, cos, sin, out):
         _rope_row(x[i], cos[i], sin[i], out[i])
 
 
+_compiled = False
+
+
+def _compile_both_variants():
+    """Compile (or load) the serial and the threaded form of every op at the first call, so that a
+    prompt's first token pays for the decode steps' kernels too, not the middle of a reply."""
+    global _compiled
+    if not _compiled:
+        _compiled = True
+        one, rows = np.ones((1, 2), np.float32), np.ones((1, 2, 2), np.float32)
+        for serial, parallel, args in ((_rmsnorm_serial, _rmsnorm_parallel, (one, one[0], np.float32(1), one.copy())),
+                                       (_silu_mul_serial, _silu_mul_parallel, (one, one, one.copy())),
+                                       (_rope_serial, _rope_parallel, (rows, one[:, :1], one[:, :1], rows.copy()))):
+            serial(*args)
+            parallel(*args)
+
+
 def rmsnorm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     """x (n, dim) float32 -> x / rms(x) * weight."""
+    _compile_both_variants()
     x = np.ascontiguousarray(x, dtype=np.float32)
     out = np.empty_like(x)
     (_rmsnorm_parallel if len(x) >= PARALLEL_ROWS else _rmsnorm_serial)(x, weight, np.float32(eps), out)

@@ -1,6 +1,8 @@
 """KVCache: the keys and values of every past position, preallocated for the whole context."""
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 
 from .config import ModelArgs
@@ -17,8 +19,8 @@ class KVCache:
     def __init__(self, args: ModelArgs, ctx: int, dtype=np.float32):
         self.ctx = ctx
         shape = (args.n_layers, ctx, args.n_kv_heads, args.head_dim)
-        self.k = np.zeros(shape, dtype=dtype)
-        self.v = np.zeros(shape, dtype=dtype)
+        self.k = lazy_zeros(shape, dtype)
+        self.v = lazy_zeros(shape, dtype)
 
     def update(self, layer: int, pos: int, k: np.ndarray, v: np.ndarray):
         """Store k, v (n, n_kv_heads, head_dim) at positions pos..pos+n; return all keys and values so far."""
@@ -32,3 +34,13 @@ class KVCache:
     @property
     def nbytes(self) -> int:
         return self.k.nbytes + self.v.nbytes
+
+
+def lazy_zeros(shape, dtype) -> np.ndarray:
+    """Zeros in anonymous memory that the OS provides 4 KiB at a time on first write. numpy advises
+    huge pages for large arrays, so each layer's first cache row would make 2 MiB resident: the
+    whole cache, whatever the context in use."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if nbytes == 0:
+        return np.zeros(shape, dtype)
+    return np.frombuffer(mmap.mmap(-1, nbytes), dtype=dtype).reshape(shape)
