@@ -3,10 +3,10 @@
 The activation is quantized to int8 per group once per matmul, and the integer block dot products
 run in LLVM vector IR over tiles of weight rows times tokens: decode (one token) is a GEMV that
 reads each weight byte once; prefill (many tokens) is a GEMM whose tiles load each weight group
-once for several tokens. 8-bit planes are read as stored (vector_ir.py: tiles of four rows by four
-tokens); 4-bit planes are interleaved by eight rows when loaded (layout.py, interleaved_ir.py:
-eight rows by eight tokens). Threads split the output rows (prange); a thread's rows stay in its
-L1 while it runs through the tokens.
+once for several tokens. Planes are interleaved by eight rows when loaded (layout.py,
+interleaved_ir.py: tiles of eight rows by eight tokens), except 8-bit planes on the avx2 path,
+read as stored (vector_ir.py: four rows by four tokens); see interleaves(). Threads split the
+output rows (prange); a thread's rows stay in its L1 while it runs through the tokens.
 
 Every format's value is d * code + c per group (q8: c = 0; q4: c = -8 d; q4a: c = m), so
   y[r] = sum_g d[r,g] * dx[g] * (codes[r,g,:] . xq[g,:]) + c[r,g] * xsum[g].
