@@ -56,11 +56,29 @@ def _quantize_row(x, group, xq, xd, xsum):
 
 
 @kernel()
-def quantize_activations(x, group, xq, xd, xsum):
-    """Each row of x (tokens, n_groups * group) quantized into the rows of xq, xd, xsum (serial:
-    a few microseconds per token, less than waking the threads would cost in decode)."""
+def _quantize_serial(x, group, xq, xd, xsum):
     for t in range(x.shape[0]):
         _quantize_row(x[t], group, xq[t], xd[t], xsum[t])
+
+
+@kernel(parallel=True)
+def _quantize_parallel(x, group, xq, xd, xsum):
+    for t in nb.prange(x.shape[0]):
+        _quantize_row(x[t], group, xq[t], xd[t], xsum[t])
+
+
+PARALLEL_TOKENS = 8     # a decode step's few microseconds are less than waking the threads
+_both_compiled = False
+
+
+def quantize_activations(x, group, xq, xd, xsum):
+    """Each row of x (tokens, n_groups * group) quantized into the rows of xq, xd, xsum."""
+    global _both_compiled
+    if not _both_compiled:  # both forms at the first call: none compiles in the middle of a reply
+        _both_compiled = True
+        for form in (_quantize_serial, _quantize_parallel):
+            form(x[:1], group, xq[:1], xd[:1], xsum[:1])
+    (_quantize_parallel if len(x) >= PARALLEL_TOKENS else _quantize_serial)(x, group, xq, xd, xsum)
 
 
 def interleaves(bits: int, path: int) -> bool:
