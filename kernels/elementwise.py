@@ -11,9 +11,7 @@ import numba as nb
 import numpy as np
 
 from .exp import exp_f32
-from .jit import kernel
-
-PARALLEL_ROWS = 8           # fewer rows than this run in the calling thread
+from .jit import by_rows, kernel
 
 
 @kernel(fastmath=True)
@@ -45,7 +43,7 @@ def _rope_row(x, c, s, out):
             o[j + half] = b * c[j] + a * s[j]
 
 
-# each op twice: threads over the rows of a prompt, the calling thread for a decode step
+# each op twice: threads over the rows of a prompt, the calling thread for a decode step (by_rows)
 @kernel(fastmath=True)
 def _rmsnorm_serial(x, weight, eps, out):
     for i in range(x.shape[0]):
@@ -82,29 +80,16 @@ def _rope_parallel(x, cos, sin, out):
         _rope_row(x[i], cos[i], sin[i], out[i])
 
 
-_compiled = False
-
-
-def _compile_both_variants():
-    """Compile (or load) the serial and the threaded form of every op at the first call, so that a
-    prompt's first token pays for the decode steps' kernels too, not the middle of a reply."""
-    global _compiled
-    if not _compiled:
-        _compiled = True
-        one, rows = np.ones((1, 2), np.float32), np.ones((1, 2, 2), np.float32)
-        for serial, parallel, args in ((_rmsnorm_serial, _rmsnorm_parallel, (one, one[0], np.float32(1), one.copy())),
-                                       (_silu_mul_serial, _silu_mul_parallel, (one, one, one.copy())),
-                                       (_rope_serial, _rope_parallel, (rows, one[:, :1], one[:, :1], rows.copy()))):
-            serial(*args)
-            parallel(*args)
+_rmsnorm = by_rows(_rmsnorm_serial, _rmsnorm_parallel)
+_silu_mul = by_rows(_silu_mul_serial, _silu_mul_parallel)
+_rope = by_rows(_rope_serial, _rope_parallel)
 
 
 def rmsnorm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     """x (n, dim) float32 -> x / rms(x) * weight."""
-    _compile_both_variants()
     x = np.ascontiguousarray(x, dtype=np.float32)
     out = np.empty_like(x)
-    (_rmsnorm_parallel if len(x) >= PARALLEL_ROWS else _rmsnorm_serial)(x, weight, np.float32(eps), out)
+    _rmsnorm(x, weight, np.float32(eps), out)
     return out
 
 
@@ -113,7 +98,7 @@ def silu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     output are copied first: the kernel vectorizes only over contiguous rows."""
     gate, up = np.ascontiguousarray(gate), np.ascontiguousarray(up)
     out = np.empty_like(gate)
-    (_silu_mul_parallel if len(gate) >= PARALLEL_ROWS else _silu_mul_serial)(gate, up, out)
+    _silu_mul(gate, up, out)
     return out
 
 
@@ -121,5 +106,5 @@ def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
     """apply_rope (qllama/rope.py) for float32 x (n, heads, head_dim), cos and sin (n, head_dim / 2)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     out = np.empty_like(x)
-    (_rope_parallel if len(x) >= PARALLEL_ROWS else _rope_serial)(x, cos, sin, out)
+    _rope(x, cos, sin, out)
     return out

@@ -20,9 +20,12 @@ the four lanes of a row into i32.
 from __future__ import annotations
 
 from llvmlite import ir
+from numba import types
 from numba.core import cgutils
+from numba.extending import intrinsic
 
-from .vector_ir import AVX512, F32, I8, I16, I32, I64, PORTABLE, _const, _half_to_float, _load_vec, _splat, _vec
+from .vector_ir import (AVX512, F32, I8, I16, I32, I64, OFFSET, PATHS, PORTABLE, _const, _half_to_float, _load_vec,
+                        _splat, _vec, best_path, host_features, unpack_variant)
 
 ROWS = 8
 BIAS_8BIT = 128                   # 8-bit codes are stored + 128: vpdpbusd multiplies unsigned by signed
@@ -156,10 +159,6 @@ def block_dot(n_tokens: int):
     t < n_tokens, for planes whose 8-row blocks are interleaved (layout.interleave); the variant
     (vector_ir.variant of a 4-bit format, a compile-time literal) picks group, mins and path.
     Arrays as vector_ir.tile_dot's."""
-    from numba import types
-    from numba.extending import intrinsic
-
-    from .vector_ir import OFFSET, PATHS, best_path, host_features, unpack_variant
     features = host_features()
     best = best_path(features)
     exact_half = "sse2" not in features or "f16c" in features

@@ -39,3 +39,21 @@ def kernel(**options):
         with _cache_folder():
             return numba.njit(cache=True, **{"error_model": "numpy", **options})(fn)
     return decorate
+
+
+def by_rows(serial, parallel, threads_from: int = 8):
+    """A function that runs `serial` for fewer than `threads_from` rows (the first argument's length:
+    a decode step, where waking the threads costs more than the work) and `parallel` otherwise.
+    The first call runs both, so both are compiled (or loaded) before a reply's first token and
+    neither in the middle of it; the kernels are pure, so running one twice changes nothing."""
+    ready = False
+
+    def call(*args):
+        nonlocal ready
+        if not ready:
+            ready = True
+            serial(*args)
+            parallel(*args)
+            return
+        (parallel if len(args[0]) >= threads_from else serial)(*args)
+    return call

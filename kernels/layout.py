@@ -12,13 +12,14 @@ import numpy as np
 ROWS = 8
 
 
-def _whole(a: np.ndarray) -> int:
+def whole_rows(a: np.ndarray) -> int:
+    """The rows of a plane in whole blocks, which are interleaved; the rest are as stored."""
     return a.shape[0] // ROWS * ROWS
 
 
 def interleave_codes(codes: np.ndarray, group_bytes: int) -> np.ndarray:
     """(rows, n_groups * group_bytes) codes -> a new array, same shape, interleaved."""
-    whole, out = _whole(codes), np.empty_like(codes)
+    whole, out = whole_rows(codes), np.empty_like(codes)
     n_groups = codes.shape[1] // group_bytes
     blocks = codes[:whole].reshape(-1, ROWS, n_groups, group_bytes // 4, 4)
     out[:whole] = blocks.transpose(0, 2, 3, 1, 4).reshape(whole, codes.shape[1])
@@ -28,7 +29,7 @@ def interleave_codes(codes: np.ndarray, group_bytes: int) -> np.ndarray:
 
 def interleave_groups(per_group: np.ndarray) -> np.ndarray:
     """(rows, n_groups) scales or mins -> a new array, same shape, each block's (row, group) -> (group, row)."""
-    whole, out = _whole(per_group), np.empty_like(per_group)
+    whole, out = whole_rows(per_group), np.empty_like(per_group)
     blocks = per_group[:whole].reshape(-1, ROWS, per_group.shape[1])
     out[:whole] = blocks.transpose(0, 2, 1).reshape(whole, per_group.shape[1])
     out[whole:] = per_group[whole:]
@@ -37,7 +38,7 @@ def interleave_groups(per_group: np.ndarray) -> np.ndarray:
 
 def row_codes(codes: np.ndarray, group_bytes: int, r: int) -> np.ndarray:
     """Row r of interleaved codes, in the file's layout."""
-    if r >= _whole(codes):
+    if r >= whole_rows(codes):
         return codes[r]
     b, i = divmod(r, ROWS)
     block = codes[b * ROWS:(b + 1) * ROWS].reshape(-1, group_bytes // 4, ROWS, 4)
@@ -46,7 +47,7 @@ def row_codes(codes: np.ndarray, group_bytes: int, r: int) -> np.ndarray:
 
 def row_groups(per_group: np.ndarray, r: int) -> np.ndarray:
     """Row r of interleaved scales or mins, in the file's layout."""
-    if r >= _whole(per_group):
+    if r >= whole_rows(per_group):
         return per_group[r]
     b, i = divmod(r, ROWS)
     return np.ascontiguousarray(per_group[b * ROWS:(b + 1) * ROWS].reshape(-1, ROWS)[:, i])

@@ -21,14 +21,15 @@ import numba as nb
 import numpy as np
 
 from .interleaved_ir import BIAS_8BIT, block_dot
-from .jit import kernel
+from .layout import ROWS as BLOCK, whole_rows
+from .jit import by_rows, kernel
 from .vector_ir import AVX2, AVX512, half_to_float, tile_dot, unpack_variant
 
 ROWS, TOKENS = 4, 4                 # the tile; its tails run as single rows / single tokens
 _dot_rt, _dot_r1, _dot_1t, _dot_11 = tile_dot(ROWS, TOKENS), tile_dot(ROWS, 1), tile_dot(1, TOKENS), tile_dot(1, 1)
 # planes in 8-row interleaved blocks (layout.py): eight tokens at a time (measured: 8 > 6 > 4,
 # about 15% from 4 to 8), then four, then one
-BLOCK, BLOCK_TOKENS = 8, 8
+BLOCK_TOKENS = 8
 _block_8, _block_4, _block_1 = block_dot(BLOCK_TOKENS), block_dot(4), block_dot(1)
 TOKEN_CHUNK = 64                    # prefill's tokens per pass over the rows: their codes stay in L2
 
@@ -67,18 +68,9 @@ def _quantize_parallel(x, group, xq, xd, xsum):
         _quantize_row(x[t], group, xq[t], xd[t], xsum[t])
 
 
-PARALLEL_TOKENS = 8     # a decode step's few microseconds are less than waking the threads
-_both_compiled = False
-
-
-def quantize_activations(x, group, xq, xd, xsum):
-    """Each row of x (tokens, n_groups * group) quantized into the rows of xq, xd, xsum."""
-    global _both_compiled
-    if not _both_compiled:  # both forms at the first call: none compiles in the middle of a reply
-        _both_compiled = True
-        for form in (_quantize_serial, _quantize_parallel):
-            form(x[:1], group, xq[:1], xd[:1], xsum[:1])
-    (_quantize_parallel if len(x) >= PARALLEL_TOKENS else _quantize_serial)(x, group, xq, xd, xsum)
+# quantize_activations(x, group, xq, xd, xsum): each row of x (tokens, n_groups * group) into the
+# rows of xq, xd, xsum; a prompt's rows across threads
+quantize_activations = by_rows(_quantize_serial, _quantize_parallel)
 
 
 def interleaves(bits: int, path: int) -> bool:
@@ -90,8 +82,7 @@ def interleaves(bits: int, path: int) -> bool:
 
 def bias_codes(codes: np.ndarray) -> np.ndarray:
     """Interleaved 8-bit codes of whole blocks, in place, signed <-> stored + 128 (the top bit flipped)."""
-    whole = codes.shape[0] // BLOCK * BLOCK
-    codes[:whole] ^= np.uint8(BIAS_8BIT)
+    codes[:whole_rows(codes)] ^= np.uint8(BIAS_8BIT)
     return codes
 
 

@@ -82,7 +82,7 @@ class QuantLinear:
             r = int(r)
             if self.interleaved:        # the row gathered back into the file's layout
                 codes = layout.row_codes(self.qweight, self.group_bytes, r)[None]
-                if self.bits == 8 and r < len(self.qweight) // layout.ROWS * layout.ROWS:
+                if self.bits == 8 and r < layout.whole_rows(self.qweight):
                     codes ^= np.uint8(BIAS_8BIT)
                 scales = layout.row_groups(self.scales, r)[None]
                 mins = self.mins if self.mins is NO_MINS else layout.row_groups(self.mins, r)[None]
@@ -111,5 +111,5 @@ def stacked(parts: list) -> QuantLinear | None:
     fused.mins = NO_MINS if first.mins is NO_MINS else np.concatenate([p.mins for p in parts])
     fused.shape = (sum(p.shape[0] for p in parts), first.shape[1])
     fused.nbytes = sum(p.nbytes for p in parts)
-    fused.part_rows = [p.shape[0] for p in parts]     # the output's columns, part by part
+    fused.splits = np.cumsum([p.shape[0] for p in parts])[:-1]   # the output's columns where parts begin
     return fused

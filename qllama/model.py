@@ -102,7 +102,7 @@ def forward(w: dict, args: ModelArgs, cache: KVCache, cos, sin, tokens: np.ndarr
             return [linear(prefix + name, x) for name in names]
         for name in names if observe is not None else ():
             observe(prefix + name, x)
-        return np.split(fused(x), np.cumsum(fused.part_rows[:-1]), axis=1)
+        return np.split(fused(x), fused.splits, axis=1)
 
     n = len(tokens)
     x = w["model.embed_tokens.weight"].rows(tokens)                     # (n, dim)
