@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from cli_helpers import assert_one_line_error, qllama
-from paths import SHARED_MODELS
+from paths import MODELS
 
 HF_TINY = Path(__file__).parent / "fixtures" / "hf" / "llama3_untied_f32"
 
@@ -35,12 +35,12 @@ def test_safetensors_with_garbage_header(tmp_path):
 
 def test_gguf_with_wrong_magic(tmp_path):
     bad = tmp_path / "bad.gguf"
-    bad.write_bytes(b"GGML" + (SHARED_MODELS / "stories260K" / "stories260K.gguf").read_bytes()[4:])
+    bad.write_bytes(b"GGML" + (MODELS / "stories260K" / "stories260K.gguf").read_bytes()[4:])
     assert_one_line_error(qllama("info", bad), "bad.gguf", "magic")
 
 
 def test_gguf_with_tensor_past_the_end(tmp_path):
-    data = (SHARED_MODELS / "stories260K" / "stories260K.gguf").read_bytes()
+    data = (MODELS / "stories260K" / "stories260K.gguf").read_bytes()
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(data[:-4096])
     assert_one_line_error(qllama("info", cut), "cut.gguf", "past the end")
@@ -61,13 +61,13 @@ def test_unsupported_config_is_refused_by_name(tmp_path, change, fragment):
 
 
 def test_llama2c_with_wrong_size(tmp_path):
-    data = (SHARED_MODELS / "stories260K" / "stories260K.bin").read_bytes()
+    data = (MODELS / "stories260K" / "stories260K.bin").read_bytes()
     (tmp_path / "short.bin").write_bytes(data[:-100])
-    shutil.copy(SHARED_MODELS / "stories260K" / "tok512.model", tmp_path)
+    shutil.copy(MODELS / "stories260K" / "tok512.model", tmp_path)
     assert_one_line_error(qllama("info", tmp_path / "short.bin"), "short.bin", "header implies")
 
 
 def test_prompt_longer_than_context():
-    result = qllama("run", "Once upon a time there was a cat", "-m", SHARED_MODELS / "stories260K" / "stories260K.bin",
+    result = qllama("run", "Once upon a time there was a cat", "-m", MODELS / "stories260K" / "stories260K.bin",
                     "--ctx", "4")
     assert_one_line_error(result, "context")

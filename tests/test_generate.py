@@ -4,7 +4,7 @@ import pytest
 import qllama
 from qllama.errors import QllamaError
 from qllama.generate import generate_text, hold_back
-from paths import SHARED_MODELS
+from paths import MODELS
 from test_stories260k import KARPATHY_IDS, KARPATHY_TEXT
 
 PROMPT = "Once upon a time"
@@ -13,7 +13,7 @@ CONTINUATION = KARPATHY_TEXT[len(PROMPT):]
 
 @pytest.fixture(scope="module")
 def model():
-    return qllama.load(SHARED_MODELS / "stories260K" / "stories260K.bin")
+    return qllama.load(MODELS / "stories260K" / "stories260K.bin")
 
 
 def text(model, **kw):
@@ -60,13 +60,13 @@ def test_stop_id_ends_generation_without_being_yielded(model):
 
 
 def test_prompt_longer_than_context_is_refused():
-    small = qllama.load(SHARED_MODELS / "stories260K" / "stories260K.bin", ctx=8)
+    small = qllama.load(MODELS / "stories260K" / "stories260K.bin", ctx=8)
     with pytest.raises(QllamaError, match="context"):
         list(small.generate("Once upon a time there was a little girl named Lily", max_tokens=1))
 
 
 def test_generation_stops_at_context_end():
-    small = qllama.load(SHARED_MODELS / "stories260K" / "stories260K.bin", ctx=12)
+    small = qllama.load(MODELS / "stories260K" / "stories260K.bin", ctx=12)
     assert len(list(small.generate(PROMPT, max_tokens=100, temperature=0))) == 12 - 5
 
 

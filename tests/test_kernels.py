@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import qllama
-from paths import SHARED_MODELS
+from paths import MODELS
 from qllama.kernels.matmul import quantize_activations
 from qllama.kernels.vector_ir import PATHS
 from qllama.linear import QuantLinear
@@ -91,7 +91,7 @@ LOGITS_RELATIVE_RMS = 0.10
 def test_fast_quantized_stories_matches_reference(tmp_path):
     from qllama.quantize.convert import convert
     out = tmp_path / "s.safetensors"
-    convert(SHARED_MODELS / "stories260K" / "stories260K.bin", out, format="q4")
+    convert(MODELS / "stories260K" / "stories260K.bin", out, format="q4")
     fast, ref = qllama.load(out), qllama.load(out, reference=True)
     assert isinstance(fast.weights["model.layers.0.mlp.down_proj.weight"], QuantLinear)
     ids = fast.tokenizer.encode("Once upon a time there was a big dog")
@@ -120,7 +120,7 @@ def test_fast_smollm2_matches_reference(smollm2_gguf):
 
 def test_bench_command_reports_speeds():
     from cli_helpers import qllama as qllama_cli
-    result = qllama_cli("bench", "-m", SHARED_MODELS / "stories260K" / "stories260K.bin", "--decode-tokens", "4",
+    result = qllama_cli("bench", "-m", MODELS / "stories260K" / "stories260K.bin", "--decode-tokens", "4",
                         "--threads", "1")
     assert result.returncode == 0, result.stderr
     for fact in ("prefill  128 tokens", "decode:", "GB/s", "peak RSS", "1 threads"):

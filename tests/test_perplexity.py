@@ -13,11 +13,11 @@ import pytest
 import qllama
 from qllama.linear import DenseLinear
 from cli_helpers import assert_one_line_error, qllama as qllama_cli
-from paths import REPO, SHARED_MODELS
+from paths import REPO, MODELS
 from qllama.errors import QllamaError
 from qllama.perplexity import perplexity, read_text, split_windows
 
-STORIES_BIN = SHARED_MODELS / "stories260K" / "stories260K.bin"
+STORIES_BIN = MODELS / "stories260K" / "stories260K.bin"
 GPL = REPO / "bench" / "data" / "gpl-3.txt"
 # written for this test in the style of TinyStories (222 tokens with tok512)
 STORY = ("Once upon a time, there was a little boy named Tom. Tom had a red ball. He liked to play with his ball "
@@ -102,7 +102,7 @@ def test_story_is_far_easier_than_legal_prose(model):
 
 
 def test_reference_with_another_tokenizer_is_refused(model):
-    other = qllama.load(STORIES_BIN, tokenizer=SHARED_MODELS / "llama-tokenizer" / "tokenizer.model")
+    other = qllama.load(STORIES_BIN, tokenizer=MODELS / "llama-tokenizer" / "tokenizer.model")
     with pytest.raises(QllamaError, match="do not share a tokenizer"):
         perplexity(model, STORY, ctx=64, reference=other)
 
@@ -145,7 +145,7 @@ def test_cli_ctx_beyond_the_model_context(story_file):
 
 def test_cli_reference_with_another_vocabulary(story_file):
     # a random tiny HF model with 320 tokens, given stories260K's tokenizer: the vocab sizes differ
-    tok = SHARED_MODELS / "stories260K" / "tok512.model"
+    tok = MODELS / "stories260K" / "tok512.model"
     tiny = REPO / "tests" / "fixtures" / "hf" / "llama3_untied_f32"
     result = qllama_cli("perplexity", story_file, "-m", STORIES_BIN, "--ctx", 64, "--reference", tiny, "--tokenizer", tok)
     assert_one_line_error(result, "vocabulary", "512", "320")

@@ -14,10 +14,10 @@ import pytest
 
 import qllama
 from cli_helpers import assert_one_line_error, qllama as qllama_cli
-from paths import SHARED_MODELS
+from paths import MODELS
 from test_stories260k import KARPATHY_IDS
 
-STORIES_BIN = SHARED_MODELS / "stories260K" / "stories260K.bin"
+STORIES_BIN = MODELS / "stories260K" / "stories260K.bin"
 HF_SHARDED = Path(__file__).parent / "fixtures" / "hf" / "linear_sharded_f16"
 
 

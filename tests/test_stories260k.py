@@ -1,16 +1,16 @@
 """karpathy's stories260K, a real trained LLaMA, read from llama2.c .bin and from GGUF.
 
 Oracle: the temperature-0 sample documented in llama2.c doc/stories260K.md (listed in
-../shared/models/README.md), and the two files must agree with each other.
+tests/models/README.md), and the two files must agree with each other.
 """
 import numpy as np
 import pytest
 
 import qllama
 from cli_helpers import qllama as qllama_cli
-from paths import SHARED_MODELS
+from paths import MODELS
 
-STORIES = SHARED_MODELS / "stories260K"
+STORIES = MODELS / "stories260K"
 KARPATHY_IDS = [1, 403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426, 338, 401, 396,
                 267, 337, 410, 408, 419, 292, 411, 322, 265, 282, 295, 433, 426, 385, 328, 432, 358, 394, 261,
                 370, 432, 352, 266, 268, 388, 426]

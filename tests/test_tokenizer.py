@@ -17,8 +17,8 @@ import sentencepiece as spm
 from qllama.errors import QllamaError
 from qllama.readers.gguf_fields import gguf_metadata
 from qllama.tokenizer import Tokenizer, load_tokenizer_file, tokenizer_from_gguf
+from paths import MODELS
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "models"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SEP = "\n__ggml_vocab_test__\n"  # llama.cpp tests/test-tokenizer-0.cpp splits the .inp file on this
 
@@ -29,11 +29,8 @@ EXTRA_TEXTS = [
 ]
 
 
-def shared(rel: str) -> Path:
-    path = SHARED / rel
-    if not path.is_file():
-        pytest.fail(f"{path} is missing: these tests need ../shared/models beside the repository")
-    return path
+def model_file(rel: str) -> Path:
+    return MODELS / rel
 
 
 def gguf_tokenizer(path: Path) -> Tokenizer:
@@ -41,10 +38,10 @@ def gguf_tokenizer(path: Path) -> Tokenizer:
 
 
 def llama_cases() -> list[tuple[str, list[int]]]:
-    raw = shared("llama-tokenizer/ggml-vocab-llama-spm.gguf.inp").read_text(encoding="utf-8")
+    raw = model_file("llama-tokenizer/ggml-vocab-llama-spm.gguf.inp").read_text(encoding="utf-8")
     assert raw.endswith(SEP)  # every input, the last included, is followed by the separator line
     inputs = raw[:-len(SEP)].split(SEP)
-    lines = shared("llama-tokenizer/ggml-vocab-llama-spm.gguf.out").read_text(encoding="utf-8").split("\n")
+    lines = model_file("llama-tokenizer/ggml-vocab-llama-spm.gguf.out").read_text(encoding="utf-8").split("\n")
     assert lines[-1] == ""
     outputs = [[int(t) for t in line.split()] for line in lines[:-1]]
     assert len(inputs) == len(outputs) == 46
@@ -53,22 +50,22 @@ def llama_cases() -> list[tuple[str, list[int]]]:
 
 @pytest.fixture(scope="module")
 def llama_model():
-    return load_tokenizer_file(shared("llama-tokenizer/tokenizer.model"))
+    return load_tokenizer_file(model_file("llama-tokenizer/tokenizer.model"))
 
 
 @pytest.fixture(scope="module")
 def llama_gguf():
-    return gguf_tokenizer(shared("llama-tokenizer/ggml-vocab-llama-spm.gguf"))
+    return gguf_tokenizer(model_file("llama-tokenizer/ggml-vocab-llama-spm.gguf"))
 
 
 @pytest.fixture(scope="module")
 def stories_model():
-    return load_tokenizer_file(shared("stories260K/tok512.model"))
+    return load_tokenizer_file(model_file("stories260K/tok512.model"))
 
 
 @pytest.fixture(scope="module")
 def stories_gguf():
-    return gguf_tokenizer(shared("stories260K/stories260K.gguf"))
+    return gguf_tokenizer(model_file("stories260K/stories260K.gguf"))
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +100,7 @@ def test_llama_cpp_cases(name, request):
 @pytest.mark.parametrize("name", ["llama_model", "llama_gguf"])
 def test_llama_round_trip_matches_sentencepiece(name, request):
     tok = request.getfixturevalue(name)
-    sp = spm.SentencePieceProcessor(model_file=str(shared("llama-tokenizer/tokenizer.model")))
+    sp = spm.SentencePieceProcessor(model_file=str(model_file("llama-tokenizer/tokenizer.model")))
     round_trips = 0
     for text, _ in llama_cases():
         assert tok.decode(tok.encode(text)) == sp.decode(sp.encode(text)), text
@@ -238,7 +235,7 @@ def test_tokenizer_json_add_bos_defaults_to_post_processor(smollm2, tmp_path):
 
 
 def test_gguf_metadata_matches_gguf_package():
-    reader = gguf.GGUFReader(shared("llama-tokenizer/ggml-vocab-llama-spm.gguf"))
+    reader = gguf.GGUFReader(model_file("llama-tokenizer/ggml-vocab-llama-spm.gguf"))
     meta = gguf_metadata(reader)
     assert set(meta) == set(reader.fields)
     for key, field in reader.fields.items():
