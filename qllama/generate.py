@@ -6,54 +6,83 @@ pieces, holding back only what could still become a stop string, so a stop strin
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+import time
 from dataclasses import fields
 
 import numpy as np
 
 from .errors import QllamaError
 from .sampling import SamplingParams, apply_repeat_penalty, make_sampler
+from .session import Session, Timings
 
 DEFAULT_MAX_TOKENS = 256
 
 
-def encode_prompt(model, prompt) -> list[int]:
+def encode_prompt(session, prompt) -> list[int]:
     if isinstance(prompt, str):
-        if model.tokenizer is None:
-            raise QllamaError(f"{model.checkpoint.path}: the model has no tokenizer; pass token ids")
-        return model.tokenizer.encode(prompt)
+        if session.tokenizer is None:
+            raise QllamaError(f"{session.model.checkpoint.path}: the model has no tokenizer; pass token ids")
+        return session.tokenizer.encode(prompt)
     return [int(t) for t in prompt]
 
 
-def generate_tokens(model, prompt, max_tokens: int = DEFAULT_MAX_TOKENS, stop_ids=None,
-                    params: SamplingParams | None = None, **sampling) -> Iterator[int]:
+def as_session(target) -> Session:
+    """A Session, or a Model's default session."""
+    return target if isinstance(target, Session) else target.session
+
+
+def generate_tokens(target, prompt, max_tokens: int = DEFAULT_MAX_TOKENS, stop_ids=None,
+                    params: SamplingParams | None = None, append: bool = False, cancel=None,
+                    **sampling) -> Iterator[int]:
     """Yield sampled token ids after `prompt` (text or ids) until a stop id, max_tokens or the context end.
 
+    target: a Session or a Model (its default session). The prompt is the whole sequence, of which
+    only what follows the cached prefix runs; with append=True it comes after what the session holds.
     Sampling options come as a SamplingParams or as its fields by keyword (temperature=0, seed=1, ...).
+    cancel: anything with is_set() (a threading.Event): checked before each token; when set,
+    generation ends with what it has.
+    On return, session.finish_reason is "stop" (a stop id), "length" (max_tokens), "context" (the
+    context is full) or "cancelled".
     """
     params = params or SamplingParams(**{f.name: sampling.pop(f.name) for f in fields(SamplingParams) if f.name in sampling})
     if sampling:
         raise TypeError(f"unknown generate() options: {', '.join(sampling)}")
-    ids = encode_prompt(model, prompt)
+    session = as_session(target)
+    ids = encode_prompt(session, prompt)
     if not ids:
         raise QllamaError("the prompt is empty (and the model adds no BOS token)")
-    if len(ids) >= model.ctx:
-        raise QllamaError(f"the prompt has {len(ids)} tokens but the context holds {model.ctx}; "
+    total = len(ids) + (session.n_past if append else 0)
+    if total >= session.ctx:
+        raise QllamaError(f"the prompt has {total} tokens but the context holds {session.ctx}; "
                           f"shorten it or raise --ctx")
     if stop_ids is None:
-        stop_ids = model.tokenizer.stop_ids if model.tokenizer is not None else ()
+        stop_ids = session.tokenizer.stop_ids if session.tokenizer is not None else ()
     sample = make_sampler(params)
-    history = list(ids)
-    logits = model.prefill(ids)
+    timings = session.timings = Timings()
+    start = time.perf_counter()
+    logits = session.append(ids) if append else session.prefill(ids)
+    timings.prefill_tokens, timings.prefill_s = session.last_prefill, time.perf_counter() - start
+    history = session.tokens            # grows as each token runs (the repeat penalty's window)
+    session.finish_reason = "length"
     for _ in range(max_tokens):
+        if cancel is not None and cancel.is_set():
+            session.finish_reason = "cancelled"
+            return
+        start = time.perf_counter()
         logits = apply_repeat_penalty(logits, history[-params.repeat_last_n:], params.repeat_penalty)
         token = sample(logits)
+        timings.decode_s += time.perf_counter() - start
         if token in stop_ids:
+            session.finish_reason = "stop"
             return
+        if session.n_past >= session.ctx:   # no room to run it: every token yielded is one the session holds
+            session.finish_reason = "context"
+            return
+        timings.decode_tokens += 1
         yield token
-        history.append(token)
-        if len(history) >= model.ctx:
-            return  # context full: stop rather than run past it
-        logits = model.forward(np.array([token]), len(history) - 1)[-1]
+        start = time.perf_counter()
+        logits = session.forward(np.array([token]), session.n_past)[-1]   # the session now holds it
+        timings.decode_s += time.perf_counter() - start
 
 
 def hold_back(text: str, stops: Sequence[str]) -> int:
@@ -67,12 +96,17 @@ def hold_back(text: str, stops: Sequence[str]) -> int:
     return longest
 
 
-def generate_text(model, prompt, stop: Sequence[str] = (), **kwargs) -> Iterator[str]:
-    """Yield text pieces as they are generated; stops before any of the `stop` strings."""
-    stream = model.tokenizer.stream()
+def generate_text(target, prompt, stop: Sequence[str] = (), **kwargs) -> Iterator[str]:
+    """Yield text pieces as they are generated; stops before any of the `stop` strings.
+    The pieces are exactly what decoding the whole sequence adds to the decoded context, so a
+    SentencePiece word keeps its leading space after the prompt."""
+    session = as_session(target)
+    stream = None
     pending = ""
     stops = [s for s in stop if s]
-    for token in generate_tokens(model, prompt, **kwargs):
+    for token in generate_tokens(session, prompt, **kwargs):
+        if stream is None:      # the session holds the context now, and not yet this token
+            stream = session.tokenizer.stream(context=session.tokens)
         pending += stream.add(token)
         hits = [i for i in (pending.find(s) for s in stops) if i >= 0]
         if hits:
@@ -83,7 +117,7 @@ def generate_text(model, prompt, stop: Sequence[str] = (), **kwargs) -> Iterator
         if len(pending) > keep:
             yield pending[:len(pending) - keep]
             pending = pending[len(pending) - keep:]
-    pending += stream.flush()
+    pending += stream.flush() if stream is not None else ""
     hits = [i for i in (pending.find(s) for s in stops) if i >= 0]
     pending = pending[:min(hits)] if hits else pending
     if pending:

@@ -18,10 +18,12 @@ from .config import ModelArgs
 from .errors import QllamaError
 from .kernels import elementwise
 from .kernels.attention import attention as attention_kernel
+from .kernels.warmup import prepare_kernels
 from .linear import DenseLinear, QuantLinear, stacked
 from .quantize.formats import BY_GGML_TYPE
 from .quantize.tensor import from_ggml_blocks
 from .rope import apply_rope, rope_tables
+from .session import Session
 
 KV_DTYPES = {"f16": np.float16, "f32": np.float32}
 DEFAULT_CTX = 4096  # like llama.cpp: a long-context model gets this unless asked for more
@@ -129,7 +131,12 @@ def forward(w: dict, args: ModelArgs, cache: KVCache, cos, sin, tokens: np.ndarr
 
 
 class Model:
-    """A loaded model with its own KV cache: `logits()` for whole sequences, `generate()` for text."""
+    """What is loaded once and never changes: weights, tokenizer, chat template, RoPE tables, kernels.
+
+    Conversations live in Sessions (qllama/session.py), each with its own KV cache, all sharing these
+    weights: `new_session()` makes one. For the easy cases the model has a default session of its own,
+    and `forward`, `prefill`, `logits` and `generate` run on it.
+    """
 
     def __init__(self, checkpoint: Checkpoint, ctx: int | None = None, reference: bool = False,
                  kv_dtype: str | None = None):
@@ -140,6 +147,11 @@ class Model:
         self.ctx = ctx or min(self.args.max_seq_len, DEFAULT_CTX)
         if self.ctx <= 0:
             raise QllamaError(f"context size must be positive, got {self.ctx}")
+        # the reference keeps float32 keys/values; the fast path float16 (half the memory and reads)
+        kv_dtype = kv_dtype or ("f32" if reference else "f16")
+        if kv_dtype not in KV_DTYPES:
+            raise QllamaError(f"KV cache type {kv_dtype!r} is not one of {', '.join(KV_DTYPES)}")
+        self.kv_dtype = KV_DTYPES[kv_dtype]
         self.weights = {name: build_weight(t, reference) for name, t in checkpoint.tensors.items()}
         for i in range(self.args.n_layers):
             for names, fused_name in STACKED.items():
@@ -153,49 +165,48 @@ class Model:
             # the kernels read copies (or map the pages again where they read the file's planes):
             # whatever the copying mapped, in pages or in the page cache's large folios, goes
             checkpoint.release()
-        # the reference keeps float32 keys/values; the fast path float16 (half the memory and reads)
-        kv_dtype = kv_dtype or ("f32" if reference else "f16")
-        if kv_dtype not in KV_DTYPES:
-            raise QllamaError(f"KV cache type {kv_dtype!r} is not one of {', '.join(KV_DTYPES)}")
-        self.cache = KVCache(self.args, self.ctx, KV_DTYPES[kv_dtype])
         self.cos, self.sin = rope_tables(self.args, self.ctx)
         self.ops = REFERENCE_OPS if reference else KERNEL_OPS
-        self.past_tokens: list[int] = []  # the tokens whose keys/values the cache holds, in order
+        if not reference:
+            prepare_kernels(self)
+        self._session = None
 
-    def forward(self, tokens, pos: int, last_only: bool = False, observe=None) -> np.ndarray:
-        """Run tokens at positions pos.. (the cache must hold 0..pos-1); float32 logits."""
-        tokens = np.asarray(tokens, dtype=np.int64)
-        if len(tokens) and (tokens.min() < 0 or tokens.max() >= self.args.vocab_size):
-            raise QllamaError(f"token id out of range [0, {self.args.vocab_size})")
-        if pos + len(tokens) > self.ctx:
-            raise QllamaError(f"{pos + len(tokens)} tokens do not fit in the context of {self.ctx} tokens")
-        logits = forward(self.weights, self.args, self.cache, self.cos, self.sin, tokens, pos, last_only, observe,
-                         self.ops)
-        del self.past_tokens[pos:]                  # in place: a decode step appends, never copies
-        self.past_tokens.extend(tokens.tolist())
+    def run(self, cache: KVCache, tokens: np.ndarray, pos: int, last_only: bool = False, observe=None) -> np.ndarray:
+        """The forward pass over a session's cache (Session.forward checks its arguments)."""
+        logits = forward(self.weights, self.args, cache, self.cos, self.sin, tokens, pos, last_only, observe, self.ops)
         return logits.astype(np.float32, copy=False)
+
+    def new_session(self, ctx: int | None = None) -> Session:
+        """A conversation of its own: an empty KV cache of ctx positions (default: the model's)."""
+        return Session(self, ctx)
+
+    @property
+    def session(self) -> Session:
+        """The model's default session, made on first use."""
+        if self._session is None:
+            self._session = self.new_session()
+        return self._session
 
     @property
     def n_past(self) -> int:
-        """Positions of the cache in use."""
-        return len(self.past_tokens)
+        return self.session.n_past
+
+    def forward(self, tokens, pos: int, last_only: bool = False, observe=None) -> np.ndarray:
+        """Run tokens at positions pos.. of the default session; float32 logits."""
+        return self.session.forward(tokens, pos, last_only, observe)
 
     def logits(self, token_ids) -> np.ndarray:
         """float32 logits (n_tokens, vocab) of one sequence starting at position 0."""
         return self.forward(token_ids, 0)
 
     def prefill(self, token_ids: list[int]) -> np.ndarray:
-        """Logits after the last of token_ids, reusing the cached prefix shared with the last call."""
-        common = 0
-        limit = min(len(self.past_tokens), len(token_ids) - 1)
-        while common < limit and self.past_tokens[common] == token_ids[common]:
-            common += 1
-        return self.forward(token_ids[common:], common, last_only=True)[-1]
+        """Logits after the last of token_ids, reusing the default session's cached prefix."""
+        return self.session.prefill(token_ids)
 
     def generate(self, prompt, **kwargs):
-        """Tokens (ints) for a prompt (text or token ids); see qllama.generate.generate_tokens."""
-        from .generate import generate_tokens
-        return generate_tokens(self, prompt, **kwargs)
+        """Tokens (ints) for a prompt (text or token ids) on the default session; see
+        qllama.generate.generate_tokens."""
+        return self.session.generate(prompt, **kwargs)
 
 
 def build_weight(t: SourceTensor, reference: bool):
