@@ -151,6 +151,11 @@ class Tokenizer:
         """Ids -> text, skipping BOS/EOS/control tokens (and ids outside the vocab, e.g. padded rows)."""
         return self._backend.decode([int(i) for i in ids if 0 <= int(i) < self.vocab_size and int(i) not in self._skip])
 
+    def decode_after(self, context, ids) -> str:
+        """The text ids add after context: decode(context + ids) less decode(context)."""
+        before, whole = self.decode(context), self.decode(list(context) + list(ids))
+        return whole[len(before):] if whole.startswith(before) else self.decode(ids)
+
     def token_text(self, id) -> str:
         """One token as text for display: spaces as spaces, specials and byte pieces by name."""
         i = int(id)
@@ -158,8 +163,9 @@ class Tokenizer:
             raise QllamaError(f"token id {i} is outside the vocabulary (size {self.vocab_size})")
         return self._backend.token_text(i)
 
-    def stream(self) -> "StreamDecoder":
-        return StreamDecoder(self)
+    def stream(self, context=()) -> "StreamDecoder":
+        """A decoder of the ids that follow `context` (ids already shown as text)."""
+        return StreamDecoder(self, context)
 
     def to_bytes(self) -> tuple[str, bytes, dict]:
         """(kind, blob, settings) to embed in a model file; `Tokenizer.from_bytes` inverts it."""
@@ -188,13 +194,13 @@ class StreamDecoder:
     the rule as the earlier text did.
     """
 
-    def __init__(self, tokenizer: Tokenizer):
+    def __init__(self, tokenizer: Tokenizer, context=()):
         self._tok = tokenizer
-        self._ids: list[int] = []
+        self._ids: list[int] = [int(i) for i in context]
         self._prefix = 0         # window start: a character boundary
-        self._read = 0           # ids up to here are emitted
+        self._read = len(self._ids)   # ids up to here are emitted (the context counts as emitted)
         self._anchored = False   # window decoded behind the anchor token
-        self._emitted: list[str] = []
+        self._emitted: list[str] = [tokenizer.decode(self._ids)] if self._ids else []
 
     def _text(self, ids: list[int]) -> str:
         return self._tok.decode([self._tok._anchor] + ids if self._anchored else ids)
