@@ -5,12 +5,14 @@ A user mistake (QllamaError) prints one line on stderr and exits 1; Ctrl-C exits
 from __future__ import annotations
 
 import math
+import re
 import sys
 from collections import Counter
 from pathlib import Path
 
 import click
 
+from .chat_template import BUILTIN_TEMPLATES
 from .errors import QllamaError
 from .generate import DEFAULT_MAX_TOKENS
 from .sampling import SamplingParams
@@ -31,19 +33,30 @@ def model_options(f):
                         help="Model path (HF folder, .gguf, .bin, .safetensors) or pulled name; default SmolLM2-135M-Instruct.")(f)
 
 
-def sampling_options(f):
+def generation_options(f):
     options = [
-        click.option("--temperature", type=click.FloatRange(min=0), default=D.temperature, show_default=True, help="0 is greedy."),
+        click.option("--temperature", "--temp", "temperature", type=click.FloatRange(min=0), default=D.temperature,
+                     show_default=True, help="0 is greedy."),
         click.option("--top-k", type=click.IntRange(min=0), default=D.top_k, show_default=True, help="0 disables."),
         click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=D.top_p, show_default=True),
         click.option("--min-p", type=click.FloatRange(0, 1), default=D.min_p, show_default=True),
         click.option("--repeat-penalty", type=click.FloatRange(min=0, min_open=True), default=D.repeat_penalty, show_default=True),
         click.option("--repeat-last-n", type=click.IntRange(min=0), default=D.repeat_last_n, show_default=True),
         click.option("--seed", type=int, default=None, help="Same seed, same text."),
+        click.option("-n", "--max-tokens", type=click.IntRange(min=0), default=DEFAULT_MAX_TOKENS, show_default=True,
+                     help="Most tokens in a reply."),
+        click.option("--verbose", is_flag=True, help="Print prefill and decode tokens/s after each reply."),
     ]
     for option in reversed(options):
         f = option(f)
     return f
+
+
+def chat_options(f):
+    f = click.option("--template", default=None,
+                     help=f"Chat template: a built-in name ({', '.join(BUILTIN_TEMPLATES)}) or a Jinja file; "
+                          "default: the model's own.")(f)
+    return click.option("--system", default=None, help="System message.")(f)
 
 
 def open_model(model, ctx, tokenizer, threads=None, kv_dtype=None):
@@ -51,6 +64,41 @@ def open_model(model, ctx, tokenizer, threads=None, kv_dtype=None):
     from .pull import resolve_model
     set_threads(threads)
     return load(resolve_model(model), ctx=ctx, tokenizer=tokenizer, kv_dtype=kv_dtype)
+
+
+def template_source(template: str | None) -> str | None:
+    """--template: a built-in name, or a file holding Jinja text."""
+    if template is None or template in BUILTIN_TEMPLATES or not Path(template).is_file():
+        return template
+    try:
+        return Path(template).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise QllamaError(f"{template}: cannot read the chat template ({e})") from None
+
+
+def unescape(text: str) -> str:
+    """--stop '\\n' means a newline, as in llama.cpp's options: \\n, \\t, \\r and \\\\."""
+    return re.sub(r"\\([ntr\\])", lambda m: {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}[m.group(1)], text)
+
+
+def read_prompt(prompt: str) -> str:
+    """PROMPT, or standard input for '-' (less one trailing newline)."""
+    if prompt != "-":
+        return prompt
+    data = sys.stdin.buffer.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise QllamaError(f"standard input: not UTF-8 text (byte {e.start})") from None
+    return text[:-1] if text.endswith("\n") else text
+
+
+def stream_out(pieces) -> None:
+    for piece in pieces:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
 
 
 @click.group()
@@ -62,20 +110,55 @@ def cli():
 @cli.command()
 @click.argument("prompt")
 @model_options
-@sampling_options
-@click.option("--max-tokens", type=click.IntRange(min=0), default=DEFAULT_MAX_TOKENS, show_default=True)
-@click.option("--stop", multiple=True, help="Stop before this text (repeatable).")
-def run(prompt, model, ctx, tokenizer, threads, kv_dtype, max_tokens, stop, **sampling):
-    """Complete PROMPT and stream the text to stdout."""
+@generation_options
+@chat_options
+@click.option("--raw", is_flag=True, help="Plain completion: no chat template.")
+@click.option("--stop", multiple=True, help="Stop before this text (repeatable; \\n is a newline).")
+def run(prompt, model, ctx, tokenizer, threads, kv_dtype, max_tokens, verbose, system, template, raw, stop, **sampling):
+    """Answer PROMPT ('-' reads standard input) and stream the reply to stdout.
+
+    A model with a chat template (or given --template) gets PROMPT as a user message in it; with
+    --raw, or a model without one, PROMPT is completed as plain text and printed before the completion."""
     from .generate import generate_text
+    prompt = read_prompt(prompt)
+    params = SamplingParams(**sampling)
+    template = template_source(template)
     m = open_model(model, ctx, tokenizer, threads, kv_dtype)
     if m.tokenizer is None:
         raise QllamaError(f"{m.checkpoint.path}: no tokenizer found; name one with --tokenizer")
-    sys.stdout.write(prompt)
-    for piece in generate_text(m, prompt, stop=stop, max_tokens=max_tokens, params=SamplingParams(**sampling)):
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-    sys.stdout.write("\n")
+    stop = [unescape(s) for s in stop]
+    if raw or (template is None and m.chat_template is None):
+        if system is not None:
+            raise QllamaError("--system needs a chat template: the model has none (name one with --template)"
+                              if not raw else "--system and --raw exclude each other")
+        sys.stdout.write(prompt)
+        stream_out(generate_text(m, prompt, stop=stop, max_tokens=max_tokens, params=params))
+        session = m.session
+    else:
+        from .conversation import Conversation
+        conversation = Conversation(m, template, system)
+        stream_out(conversation.say(prompt, max_tokens=max_tokens, params=params, stop=stop))
+        session = conversation.session
+    if verbose:
+        click.echo(session.timings.report(), err=True)
+
+
+@cli.command()
+@model_options
+@generation_options
+@chat_options
+def chat(model, ctx, tokenizer, threads, kv_dtype, max_tokens, verbose, system, template, **sampling):
+    """Talk with the model in the terminal (default: SmolLM2-135M-Instruct, pulled on first use).
+
+    With standard input not a terminal, each line is a message and only the replies are printed."""
+    from .chat_repl import ChatRepl, with_history
+    from .conversation import Conversation
+    params = SamplingParams(**sampling)
+    template = template_source(template)
+    m = open_model(model, ctx, tokenizer, threads, kv_dtype)
+    repl = ChatRepl(Conversation(m, template, system), params, max_tokens, verbose)
+    code = with_history(repl.run_terminal) if sys.stdin.isatty() else repl.run_piped(sys.stdin)
+    sys.exit(code)
 
 
 @cli.command()
@@ -103,7 +186,10 @@ def info(model, tokenizer):
     tok = ckpt.tokenizer
     click.echo(f"tokenizer:   {tok.kind}, {tok.vocab_size} tokens, bos {tok.bos_id}, eos {tok.eos_id}, "
                f"add_bos {tok.add_bos}" if tok else "tokenizer:   none")
-    click.echo("chat template:" + (f"\n{ckpt.chat_template}" if ckpt.chat_template else " none"))
+    if ckpt.chat_template:
+        click.echo(f"chat template: the model's own (used by run and chat)\n{ckpt.chat_template}")
+    else:
+        click.echo(f"chat template: none (run completes raw; chat needs --template: {', '.join(BUILTIN_TEMPLATES)})")
 
 
 @cli.command()
@@ -213,6 +299,11 @@ def main():
     except KeyboardInterrupt:
         click.echo("", err=True)
         sys.exit(130)
+    except SystemError as e:    # Ctrl-C inside a Numba kernel surfaces as its SystemError
+        if isinstance(e.__cause__, KeyboardInterrupt):
+            click.echo("", err=True)
+            sys.exit(130)
+        raise
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)

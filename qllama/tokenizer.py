@@ -151,6 +151,10 @@ class Tokenizer:
         """Ids -> text, skipping BOS/EOS/control tokens (and ids outside the vocab, e.g. padded rows)."""
         return self._backend.decode([int(i) for i in ids if 0 <= int(i) < self.vocab_size and int(i) not in self._skip])
 
+    def lookup(self, text: str) -> int | None:
+        """The id of the one token whose text this is (e.g. "<|im_end|>"), or None."""
+        return self._backend.lookup(text)
+
     def decode_after(self, context, ids) -> str:
         """The text ids add after context: decode(context + ids) less decode(context)."""
         before, whole = self.decode(context), self.decode(list(context) + list(ids))

@@ -2,7 +2,7 @@
 import pytest
 
 import qllama
-from qllama.chat_template import chat_prompt_ids
+from qllama.conversation import Conversation
 from qllama.generate import generate_text
 
 SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
@@ -33,7 +33,8 @@ def test_greedy_completion_knows_paris(model):
 def test_chat_answer_knows_paris(model):
     messages = [{"role": "system", "content": SYSTEM},
                 {"role": "user", "content": "What is the capital of France? Answer in one word."}]
-    ids = chat_prompt_ids(model, messages)
+    conv = Conversation(model)
+    ids = conv.encode(conv.render(messages), first=True)
     assert model.tokenizer.decode(ids[:3]) != ""            # the template was rendered and tokenized
     im_start = model.tokenizer.encode("<|im_start|>", parse_special=True)
     assert len(im_start) == 1 and ids[0] == im_start[0]     # special tokens parsed, no BOS (add_bos false)
