@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import mmap
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -34,6 +35,14 @@ class KVCache:
     @property
     def nbytes(self) -> int:
         return self.k.nbytes + self.v.nbytes
+
+
+@dataclass(frozen=True)
+class Span:
+    """One sequence's share of a forward pass: its n tokens start at position pos of its cache."""
+    cache: KVCache
+    pos: int
+    n: int
 
 
 def lazy_zeros(shape, dtype) -> np.ndarray:

@@ -61,9 +61,7 @@ def chat_options(f):
 
 def open_model(model, ctx, tokenizer, threads=None, kv_dtype=None):
     from .model import load
-    from .pull import resolve_model
-    set_threads(threads)
-    return load(resolve_model(model), ctx=ctx, tokenizer=tokenizer, kv_dtype=kv_dtype)
+    return load(model, ctx=ctx, tokenizer=tokenizer, kv_dtype=kv_dtype, threads=threads)
 
 
 def template_source(template: str | None) -> str | None:
@@ -159,6 +157,22 @@ def chat(model, ctx, tokenizer, threads, kv_dtype, max_tokens, verbose, system, 
     repl = ChatRepl(Conversation(m, template, system), params, max_tokens, verbose)
     code = with_history(repl.run_terminal) if sys.stdin.isatty() else repl.run_piped(sys.stdin)
     sys.exit(code)
+
+
+@cli.command()
+@model_options
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option("--parallel", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="Requests decoded together (slots); more wait in line.")
+@click.option("--api-key", default=None, help="Demand 'Authorization: Bearer KEY' on the /v1 endpoints.")
+def serve(model, ctx, tokenizer, threads, kv_dtype, host, port, parallel, api_key):
+    """Serve the model over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions)."""
+    from .server import serve as run_server
+    m = open_model(model, ctx, tokenizer, threads, kv_dtype)
+    if m.tokenizer is None:
+        raise QllamaError(f"{m.checkpoint.path}: no tokenizer found; name one with --tokenizer")
+    run_server(m, Path(m.checkpoint.path).name, host, port, parallel, api_key)
 
 
 @cli.command()
@@ -269,18 +283,11 @@ def bench_command(model, ctx, tokenizer, threads, kv_dtype, reference, decode_to
     from .benchmark import bench
     from .model import load
     from .pull import resolve_model
-    set_threads(threads)
     path = resolve_model(model)
-    result = bench(lambda: load(path, ctx=ctx, tokenizer=tokenizer, reference=reference, kv_dtype=kv_dtype),
-                   n_decode=decode_tokens)
-    click.echo(f"model: {path} ({'reference' if reference else 'kernels'}, {numba_threads()} threads)")
+    result = bench(lambda: load(path, ctx=ctx, tokenizer=tokenizer, reference=reference, kv_dtype=kv_dtype,
+                                threads=threads), n_decode=decode_tokens)
+    click.echo(f"model: {path} ({'reference' if reference else 'kernels'}, {threads or numba_threads()} threads)")
     click.echo(result.report())
-
-
-def set_threads(threads):
-    if threads is not None:
-        import numba
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
 
 
 def numba_threads() -> int:

@@ -19,11 +19,10 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from .chat_template import render_chat, resolve_template
+from .chat_format import ChatFormat
 from .errors import QllamaError
 from .generate import DEFAULT_MAX_TOKENS, generate_text
 from .session import Session
-from .tokenizer import END_OF_TURN
 
 ROLES = ("system", "user", "assistant")
 
@@ -47,44 +46,23 @@ class Conversation:
 
     def __init__(self, model, template: str | None = None, system: str | None = None,
                  session: Session | None = None):
-        if model.tokenizer is None:
-            raise QllamaError(f"{model.checkpoint.path}: the model has no tokenizer, so it cannot chat")
         self.model = model
+        self.format = ChatFormat(model, template)
         self.tokenizer = model.tokenizer
-        source = template or model.chat_template
-        if source is None:
-            raise QllamaError(f"{model.checkpoint.path}: the model has no chat template; name one with --template")
-        self.template = resolve_template(source)
         self.session = session or model.new_session()
         self.messages: list[dict] = []
         self.held_text = ""     # the text whose tokens the session holds (rendered prompt + reply)
         self.dropped_turns = 0  # by the last say(), to make room
-        # an end-of-turn marker the template writes but the vocabulary lacks ends a reply as text
-        self.stop_strings = [t for t in END_OF_TURN if t in self.template and self.tokenizer.lookup(t) is None]
         if system:
             self.messages.append({"role": "system", "content": system})
-
-    def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        tok = self.tokenizer
-        bos = tok.token_text(tok.bos_id) if tok.bos_id is not None else ""
-        eos = tok.token_text(tok.eos_id) if tok.eos_id is not None else ""
-        return render_chat(self.template, messages, add_generation_prompt, bos_token=bos, eos_token=eos)
-
-    def encode(self, text: str, first: bool) -> list[int]:
-        """Rendered text -> ids, special tokens parsed; BOS first for a whole rendering, unless the
-        template wrote it already."""
-        tok = self.tokenizer
-        bos_text = tok.token_text(tok.bos_id) if tok.bos_id is not None else ""
-        add_bos = first and tok.add_bos and not (bos_text and text.startswith(bos_text))
-        return tok.encode(text, add_bos=add_bos, parse_special=True)
 
     def prompt_ids(self, messages: list[dict]) -> tuple[list[int], bool]:
         """The ids to run for `messages` and whether they go after what the session holds (True) or
         are the whole conversation, matched against the session's cached prefix (False)."""
-        text = self.render(messages)
+        text = self.format.render(messages)
         if self.held_text and self.session.n_past and text.startswith(self.held_text):
-            return self.encode(text[len(self.held_text):], first=False), True
-        return self.encode(text, first=True), False
+            return self.format.encode(text[len(self.held_text):], first=False), True
+        return self.format.encode(text, first=True), False
 
     def make_room(self, messages: list[dict], reserve: int) -> tuple[list[dict], list[int], bool]:
         """Drop the oldest turns (never the system message or the newest message) until the prompt
@@ -112,8 +90,8 @@ class Conversation:
         reserve = max(1, min(max_tokens, self.session.ctx // 4))
         messages, ids, append = self.make_room(self.messages + [{"role": "user", "content": text}], reserve)
         self.messages = messages
-        return self._reply(ids, append, self.render(messages), max_tokens=max_tokens,
-                           stop=[*self.stop_strings, *stop], **options)
+        return self._reply(ids, append, self.format.render(messages), max_tokens=max_tokens,
+                           stop=[*self.format.stop_strings, *stop], **options)
 
     def _reply(self, ids: list[int], append: bool, prompt_text: str, **generate) -> Iterator[str]:
         n_prompt = len(ids) + (self.session.n_past if append else 0)

@@ -12,7 +12,7 @@ from dataclasses import fields
 import numpy as np
 
 from .errors import QllamaError
-from .sampling import SamplingParams, apply_repeat_penalty, make_sampler
+from .sampling import SamplingParams, make_picker
 from .session import Session, Timings
 
 DEFAULT_MAX_TOKENS = 256
@@ -57,20 +57,19 @@ def generate_tokens(target, prompt, max_tokens: int = DEFAULT_MAX_TOKENS, stop_i
                           f"shorten it or raise --ctx")
     if stop_ids is None:
         stop_ids = session.tokenizer.stop_ids if session.tokenizer is not None else ()
-    sample = make_sampler(params)
+    pick = make_picker(params)
     timings = session.timings = Timings()
     start = time.perf_counter()
-    logits = session.append(ids) if append else session.prefill(ids)
+    logits = session.append(ids, cancel) if append else session.prefill(ids, cancel)
     timings.prefill_tokens, timings.prefill_s = session.last_prefill, time.perf_counter() - start
+    session.finish_reason = "length" if logits is not None else "cancelled"
     history = session.tokens            # grows as each token runs (the repeat penalty's window)
-    session.finish_reason = "length"
-    for _ in range(max_tokens):
+    for _ in range(max_tokens if logits is not None else 0):
         if cancel is not None and cancel.is_set():
             session.finish_reason = "cancelled"
             return
         start = time.perf_counter()
-        logits = apply_repeat_penalty(logits, history[-params.repeat_last_n:], params.repeat_penalty)
-        token = sample(logits)
+        token = pick(logits, history)
         timings.decode_s += time.perf_counter() - start
         if token in stop_ids:
             session.finish_reason = "stop"
@@ -96,29 +95,54 @@ def hold_back(text: str, stops: Sequence[str]) -> int:
     return longest
 
 
+class TextStream:
+    """Token ids in, text out: exactly what decoding adds after the context, holding back only what
+    could still become one of the stop strings; a stop string and what follows never come out."""
+
+    def __init__(self, tokenizer, context=(), stop: Sequence[str] = ()):
+        self.decoder = tokenizer.stream(context=context)
+        self.stops = [s for s in stop if s]
+        self.pending = ""
+        self.stopped = False            # a stop string was found: add() gives nothing more
+
+    def add(self, token: int) -> str:
+        """The text now certain to come out (may be "")."""
+        if self.stopped:
+            return ""
+        self.pending += self.decoder.add(token)
+        return self._release(final=False)
+
+    def finish(self) -> str:
+        """What was held back, at the end of generation."""
+        if not self.stopped:
+            self.pending += self.decoder.flush()
+        return self._release(final=True)
+
+    def _release(self, final: bool) -> str:
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self.stopped = True
+            out, self.pending = self.pending[:min(hits)], ""
+            return out
+        keep = 0 if final else hold_back(self.pending, self.stops)
+        out, self.pending = self.pending[:len(self.pending) - keep], self.pending[len(self.pending) - keep:]
+        return out
+
+
 def generate_text(target, prompt, stop: Sequence[str] = (), **kwargs) -> Iterator[str]:
     """Yield text pieces as they are generated; stops before any of the `stop` strings.
     The pieces are exactly what decoding the whole sequence adds to the decoded context, so a
     SentencePiece word keeps its leading space after the prompt."""
     session = as_session(target)
-    stream = None
-    pending = ""
-    stops = [s for s in stop if s]
+    text = None
     for token in generate_tokens(session, prompt, **kwargs):
-        if stream is None:      # the session holds the context now, and not yet this token
-            stream = session.tokenizer.stream(context=session.tokens)
-        pending += stream.add(token)
-        hits = [i for i in (pending.find(s) for s in stops) if i >= 0]
-        if hits:
-            if min(hits):
-                yield pending[:min(hits)]
+        if text is None:        # the session holds the context now, and not yet this token
+            text = TextStream(session.tokenizer, session.tokens, stop)
+        piece = text.add(token)
+        if piece:
+            yield piece
+        if text.stopped:
             return
-        keep = hold_back(pending, stops)
-        if len(pending) > keep:
-            yield pending[:len(pending) - keep]
-            pending = pending[len(pending) - keep:]
-    pending += stream.flush() if stream is not None else ""
-    hits = [i for i in (pending.find(s) for s in stops) if i >= 0]
-    pending = pending[:min(hits)] if hits else pending
-    if pending:
-        yield pending
+    rest = text.finish() if text is not None else ""
+    if rest:
+        yield rest

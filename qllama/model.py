@@ -7,12 +7,15 @@ rmsnorm -> SwiGLU -> w2 + residual -> final norm -> logits.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
+import numba
 import numpy as np
 
-from .cache import KVCache
+from .api import TextAPI
+from .cache import KVCache, Span
 from .checkpoint import Checkpoint, SourceTensor, open_checkpoint
 from .config import ModelArgs
 from .errors import QllamaError
@@ -88,9 +91,26 @@ REFERENCE_OPS = Ops(rmsnorm, apply_rope, lambda gate, up: silu(gate) * up, atten
 KERNEL_OPS = Ops(elementwise.rmsnorm, elementwise.rope, elementwise.silu_mul, attend_kernel)
 
 
-def forward(w: dict, args: ModelArgs, cache: KVCache, cos, sin, tokens: np.ndarray, pos: int,
+def attend_spans(ops: Ops, spans: list[Span], layer: int, q, k, v, n_rep: int) -> np.ndarray:
+    """Store each span's keys/values in its cache and attend over that cache: (n, heads, hd) -> (n, q_dim)."""
+    if len(spans) == 1:
+        s = spans[0]
+        keys, values = s.cache.update(layer, s.pos, k, v)              # (pos+n, kv_heads, hd)
+        return ops.attend(q, keys, values, s.pos, n_rep)
+    out, start = np.empty((q.shape[0], q.shape[1] * q.shape[2]), np.float32), 0
+    for s in spans:
+        rows = slice(start, start + s.n)
+        keys, values = s.cache.update(layer, s.pos, k[rows], v[rows])
+        out[rows] = ops.attend(q[rows], keys, values, s.pos, n_rep)
+        start += s.n
+    return out
+
+
+def forward(w: dict, args: ModelArgs, spans: list[Span], cos, sin, tokens: np.ndarray,
             last_only: bool = False, observe=None, ops: Ops = REFERENCE_OPS) -> np.ndarray:
-    """tokens (n,) at positions pos..pos+n -> logits (n, vocab), or (1, vocab) with last_only.
+    """tokens (n,) of one or more sequences (spans, one after another, each over its own KV cache)
+    -> logits (n, vocab), or the last token's of each span with last_only. Several spans make one
+    pass over the weights for all of them: the server's batched decoding.
     observe(weight_name, x), if given, sees the input of every matmul (for calibration);
     ops: the steps between the matmuls (REFERENCE_OPS or KERNEL_OPS)."""
     def linear(name, x):                                                # x (n, in) @ W (out, in).T
@@ -108,7 +128,8 @@ def forward(w: dict, args: ModelArgs, cache: KVCache, cos, sin, tokens: np.ndarr
 
     n = len(tokens)
     x = w["model.embed_tokens.weight"].rows(tokens)                     # (n, dim)
-    rc, rs = cos[pos:pos + n], sin[pos:pos + n]
+    positions = np.concatenate([np.arange(s.pos, s.pos + s.n) for s in spans])
+    rc, rs = cos[positions], sin[positions]                             # (n, head_dim/2)
     for i in range(args.n_layers):
         p = f"model.layers.{i}."
         # attention: rmsnorm, project to q/k/v, rotate q and k, attend over the cache
@@ -117,29 +138,29 @@ def forward(w: dict, args: ModelArgs, cache: KVCache, cos, sin, tokens: np.ndarr
         q = q.reshape(n, args.n_heads, args.head_dim)
         k, v = k.reshape(n, args.n_kv_heads, args.head_dim), v.reshape(n, args.n_kv_heads, args.head_dim)
         q, k = ops.rope(q, rc, rs), ops.rope(k, rc, rs)
-        keys, values = cache.update(i, pos, k, v)                       # (pos+n, kv_heads, hd)
-        att = ops.attend(q, keys, values, pos, args.n_rep)              # (n, q_dim)
+        att = attend_spans(ops, spans, i, q, k, v, args.n_rep)          # (n, q_dim)
         x = x + linear(p + "self_attn.o_proj.weight", att)
         # feed-forward: rmsnorm, SwiGLU, project back, residual
         h = ops.rmsnorm(x, w[p + "post_attention_layernorm.weight"], args.norm_eps)
         gate = ops.silu_mul(*linears(p, GATE_UP, h))
         x = x + linear(p + "mlp.down_proj.weight", gate)
     if last_only:
-        x = x[-1:]
+        x = x[np.cumsum([s.n for s in spans]) - 1]                      # (n_spans, dim)
     x = ops.rmsnorm(x, w["model.norm.weight"], args.norm_eps)
     return linear("model.embed_tokens.weight" if args.tied_embeddings else "lm_head.weight", x)  # (n, vocab)
 
 
-class Model:
+class Model(TextAPI):
     """What is loaded once and never changes: weights, tokenizer, chat template, RoPE tables, kernels.
 
     Conversations live in Sessions (qllama/session.py), each with its own KV cache, all sharing these
     weights: `new_session()` makes one. For the easy cases the model has a default session of its own,
-    and `forward`, `prefill`, `logits` and `generate` run on it.
+    and `forward`, `prefill`, `logits`, `generate` and the text API (qllama/api.py: complete, stream,
+    chat, tokenize) run on it. A context manager: leaving it frees the weights.
     """
 
     def __init__(self, checkpoint: Checkpoint, ctx: int | None = None, reference: bool = False,
-                 kv_dtype: str | None = None):
+                 kv_dtype: str | None = None, threads: int | None = None):
         self.checkpoint = checkpoint
         self.args = checkpoint.args
         self.tokenizer = checkpoint.tokenizer
@@ -167,14 +188,42 @@ class Model:
             checkpoint.release()
         self.cos, self.sin = rope_tables(self.args, self.ctx)
         self.ops = REFERENCE_OPS if reference else KERNEL_OPS
+        self.threads = threads          # kernel threads for this model's passes (None: Numba's setting)
+        self._lock = threading.Lock()
+        self.closed = False
         if not reference:
             prepare_kernels(self)
         self._session = None
 
-    def run(self, cache: KVCache, tokens: np.ndarray, pos: int, last_only: bool = False, observe=None) -> np.ndarray:
-        """The forward pass over a session's cache (Session.forward checks its arguments)."""
-        logits = forward(self.weights, self.args, cache, self.cos, self.sin, tokens, pos, last_only, observe, self.ops)
+    def run(self, spans: list[Span], tokens: np.ndarray, last_only: bool = False, observe=None) -> np.ndarray:
+        """The forward pass over sessions' caches (Session.forward and decode_batch check the
+        arguments). One pass at a time: Numba's thread pool takes one caller at once, so sessions
+        on several threads take turns here, each with the model's thread count."""
+        if self.closed:
+            raise QllamaError(f"{self.checkpoint.path}: the model was closed")
+        with self._lock:
+            if self.threads is not None:    # Numba's setting is per calling thread
+                numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
+            logits = forward(self.weights, self.args, spans, self.cos, self.sin, tokens, last_only, observe, self.ops)
         return logits.astype(np.float32, copy=False)
+
+    def decode_batch(self, sessions: list[Session], tokens) -> np.ndarray:
+        """One new token for each session, in ONE pass over the weights -> logits (n_sessions, vocab)."""
+        for s in sessions:
+            if s.n_past >= s.ctx:
+                raise QllamaError(f"a session is full ({s.ctx} tokens)")
+        tokens = np.asarray(tokens, dtype=np.int64)
+        self.check_ids(tokens)
+        logits = self.run([Span(s.cache, s.n_past, 1) for s in sessions], tokens, last_only=True)
+        for s, t in zip(sessions, tokens.tolist()):
+            s.tokens.append(t)
+        return logits
+
+    def check_ids(self, tokens: np.ndarray) -> None:
+        vocab = self.args.vocab_size
+        if len(tokens) and (tokens.min() < 0 or tokens.max() >= vocab):
+            bad = int(tokens[(tokens < 0) | (tokens >= vocab)][0])
+            raise QllamaError(f"{self.checkpoint.path}: token id {bad} is outside the model's vocabulary [0, {vocab})")
 
     def new_session(self, ctx: int | None = None) -> Session:
         """A conversation of its own: an empty KV cache of ctx positions (default: the model's)."""
@@ -227,8 +276,12 @@ def build_weight(t: SourceTensor, reference: bool):
     return DenseLinear(t.float32())
 
 
-def load(path, ctx: int | None = None, tokenizer=None, reference: bool = False, kv_dtype: str | None = None) -> Model:
-    """Load any supported checkpoint (HF folder, GGUF, llama2.c .bin, qllama file) into a Model.
-    reference=True runs the numpy float32 reference path instead of the quantized kernels;
-    kv_dtype "f16" (the fast path's default) or "f32" (the reference's)."""
-    return Model(open_checkpoint(path, tokenizer), ctx, reference, kv_dtype)
+def load(path, ctx: int | None = None, tokenizer=None, reference: bool = False, kv_dtype: str | None = None,
+         threads: int | None = None) -> Model:
+    """Load any supported checkpoint (HF folder, GGUF, llama2.c .bin, qllama file, or a pulled
+    model's name) into a Model. reference=True runs the numpy float32 reference path instead of the
+    quantized kernels; kv_dtype "f16" (the fast path's default) or "f32" (the reference's);
+    threads: kernel threads for this model (default: all cores)."""
+    from .pull import resolve_model
+    path = resolve_model(None if path is None else str(path))
+    return Model(open_checkpoint(path, tokenizer), ctx, reference, kv_dtype, threads)

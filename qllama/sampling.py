@@ -5,6 +5,7 @@ temperature -> draw. Temperature 0 is greedy (argmax, ties to the lowest id).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -21,9 +22,25 @@ class SamplingParams:
     min_p: float = 0.05           # drop tokens below min_p x the top token's probability; 0 = off
     repeat_penalty: float = 1.0   # > 1 discourages tokens seen in the last repeat_last_n; 1 = off
     repeat_last_n: int = 64
+    presence_penalty: float = 0.0   # OpenAI's: subtracted once from each token seen in the last repeat_last_n
+    frequency_penalty: float = 0.0  # OpenAI's: subtracted per occurrence there
     seed: int | None = None       # same seed, same text
 
     def __post_init__(self):
+        for name in ("temperature", "top_p", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise QllamaError(f"{name} must be a finite number, got {value!r}")
+        for name in ("top_k", "repeat_last_n"):
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int):
+                raise QllamaError(f"{name} must be an integer, got {getattr(self, name)!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or not 0 <= self.seed < 2**64):
+            raise QllamaError(f"seed must be an integer in [0, 2^64), got {self.seed!r}")
+        if self.repeat_last_n < 0:
+            raise QllamaError(f"repeat_last_n must be >= 0, got {self.repeat_last_n}")
+        if not -2 <= self.presence_penalty <= 2 or not -2 <= self.frequency_penalty <= 2:
+            raise QllamaError("presence_penalty and frequency_penalty must be in [-2, 2]")
         if self.temperature < 0:
             raise QllamaError(f"temperature must be >= 0, got {self.temperature}")
         if self.top_k < 0:
@@ -44,6 +61,24 @@ def apply_repeat_penalty(logits: np.ndarray, recent: list[int], penalty: float) 
     seen = np.unique(np.asarray(recent))
     logits[seen] = np.where(logits[seen] > 0, logits[seen] / penalty, logits[seen] * penalty)
     return logits
+
+
+def apply_penalties(logits: np.ndarray, history: list[int], params: SamplingParams) -> np.ndarray:
+    """The repetition penalty, then OpenAI's presence and frequency penalties, over the last
+    repeat_last_n tokens of history (as llama.cpp's penalties sampler)."""
+    recent = history[-params.repeat_last_n:] if params.repeat_last_n else []
+    logits = apply_repeat_penalty(logits, recent, params.repeat_penalty)
+    if recent and (params.presence_penalty or params.frequency_penalty):
+        seen, counts = np.unique(np.asarray(recent), return_counts=True)
+        logits = logits.copy()
+        logits[seen] -= params.presence_penalty + params.frequency_penalty * counts
+    return logits
+
+
+def make_picker(params: SamplingParams) -> Callable[[np.ndarray, list[int]], int]:
+    """A function (logits, history) -> next token id: penalties, then the sampler."""
+    sample = make_sampler(params)
+    return lambda logits, history: sample(apply_penalties(logits, history, params))
 
 
 def make_sampler(params: SamplingParams) -> Callable[[np.ndarray], int]:

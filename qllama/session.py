@@ -12,8 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .cache import KVCache
+from .cache import KVCache, Span
 from .errors import QllamaError
+
+PREFILL_CHUNK = 512     # tokens per pass of a prompt (llama.cpp's default micro-batch)
 
 
 @dataclass
@@ -56,38 +58,46 @@ class Session:
     def forward(self, tokens, pos: int, last_only: bool = False, observe=None) -> np.ndarray:
         """Run tokens at positions pos.. (the cache holds 0..pos-1; later positions are forgotten)."""
         tokens = np.asarray(tokens, dtype=np.int64)
-        vocab = self.model.args.vocab_size
-        if len(tokens) and (tokens.min() < 0 or tokens.max() >= vocab):
-            bad = int(tokens[(tokens < 0) | (tokens >= vocab)][0])
-            raise QllamaError(f"{self.model.checkpoint.path}: token id {bad} is outside the model's vocabulary [0, {vocab})")
+        self.model.check_ids(tokens)
         if not 0 <= pos <= len(self.tokens):
             raise QllamaError(f"position {pos} is past the {len(self.tokens)} tokens this session holds")
         if pos + len(tokens) > self.ctx:
             raise QllamaError(f"{pos + len(tokens)} tokens do not fit in the context of {self.ctx} tokens")
         # forgotten first: a run that fails half way leaves rows from pos on half written
         del self.tokens[pos:]                   # in place: a decode step appends, never copies
-        logits = self.model.run(self.cache, tokens, pos, last_only, observe)
+        logits = self.model.run([Span(self.cache, pos, len(tokens))], tokens, last_only, observe)
         self.tokens.extend(tokens.tolist())
         return logits
 
-    def prefill(self, token_ids) -> np.ndarray:
+    def prefill(self, token_ids, cancel=None) -> np.ndarray | None:
         """Logits after the last of token_ids, running only what follows their longest cached prefix
-        (at least the last token, whose logits are needed)."""
+        (at least the last token, whose logits are needed). None if cancelled first (see run_chunks)."""
         token_ids = [int(t) for t in token_ids]
         common = 0
         limit = min(len(self.tokens), len(token_ids) - 1)
         while common < limit and self.tokens[common] == token_ids[common]:
             common += 1
         self.last_prefill = len(token_ids) - common
-        return self.forward(token_ids[common:], common, last_only=True)[-1]
+        return self.run_chunks(token_ids[common:], common, cancel)
 
-    def append(self, token_ids) -> np.ndarray:
-        """Logits after running token_ids behind everything the session holds."""
+    def append(self, token_ids, cancel=None) -> np.ndarray | None:
+        """Logits after running token_ids behind everything the session holds (None if cancelled)."""
         token_ids = [int(t) for t in token_ids]
         if not token_ids:
             raise QllamaError("nothing to append")
         self.last_prefill = len(token_ids)
-        return self.forward(token_ids, len(self.tokens), last_only=True)[-1]
+        return self.run_chunks(token_ids, len(self.tokens), cancel)
+
+    def run_chunks(self, token_ids: list[int], pos: int, cancel=None) -> np.ndarray | None:
+        """Run token_ids from pos in chunks of PREFILL_CHUNK: a long prompt's scratch stays bounded,
+        and cancel (anything with is_set()) is checked between chunks; when it is set, the session
+        keeps the chunks already run and None is returned."""
+        logits = None
+        for start in range(0, len(token_ids), PREFILL_CHUNK):
+            if cancel is not None and cancel.is_set():
+                return None
+            logits = self.forward(token_ids[start:start + PREFILL_CHUNK], pos + start, last_only=True)
+        return logits[-1]
 
     def truncate(self, n: int) -> None:
         """Forget every position from n on (the cache rows are simply overwritten later)."""

@@ -115,7 +115,7 @@ def test_bos_once_whether_or_not_the_template_writes_it():
     messages = [{"role": "user", "content": "hi"}]
     for name in ("llama2", "chatml"):       # llama2 writes bos_token itself; chatml does not
         conv = Conversation(stories, template=name)
-        ids = conv.encode(conv.render(messages), first=True)
+        ids = conv.format.prompt_ids(messages)
         assert ids[0] == 1 and ids.count(1) == 1, name
 
 

@@ -3,6 +3,8 @@
 Oracles: karpathy's documented greedy sample (stories260K) and the tokenizer's decode of the whole
 sequence (the streamed text must be exactly what decoding adds after the prompt).
 """
+import threading
+
 import numpy as np
 import pytest
 
@@ -87,16 +89,21 @@ def test_session_context_cannot_exceed_the_models(stories):
 
 
 def test_cancel_stops_generation_with_what_it_has(stories):
-    class After:                            # set once three tokens are out
-        def __init__(self):
-            self.n = 0
-
-        def is_set(self):
-            self.n += 1
-            return self.n > 3
+    cancel, out = threading.Event(), []
     s = stories.new_session()
-    out = list(s.generate("Once upon a time", max_tokens=40, temperature=0, cancel=After()))
+    for token in s.generate("Once upon a time", max_tokens=40, temperature=0, cancel=cancel):
+        out.append(token)
+        if len(out) == 3:
+            cancel.set()
     assert out == KARPATHY_IDS[5:8] and s.finish_reason == "cancelled"
+
+
+def test_cancel_before_a_prefill_chunk_runs_nothing_more(stories):
+    cancel = threading.Event()
+    cancel.set()
+    s = stories.new_session()
+    assert list(s.generate("Once upon a time", max_tokens=40, temperature=0, cancel=cancel)) == []
+    assert s.finish_reason == "cancelled" and s.n_past == 0
 
 
 @pytest.mark.parametrize("prompt", ["Once", "Once upon a", "Once upon a time, there"])

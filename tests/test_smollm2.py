@@ -34,7 +34,7 @@ def test_chat_answer_knows_paris(model):
     messages = [{"role": "system", "content": SYSTEM},
                 {"role": "user", "content": "What is the capital of France? Answer in one word."}]
     conv = Conversation(model)
-    ids = conv.encode(conv.render(messages), first=True)
+    ids = conv.format.prompt_ids(messages)
     assert model.tokenizer.decode(ids[:3]) != ""            # the template was rendered and tokenized
     im_start = model.tokenizer.encode("<|im_start|>", parse_special=True)
     assert len(im_start) == 1 and ids[0] == im_start[0]     # special tokens parsed, no BOS (add_bos false)
