@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from machine_info import REPO, git_commit, machine_line, version  # noqa: E402 (bench/ is on sys.path)
-VOCAB_GGUF = REPO.parent / "shared" / "models" / "llama-tokenizer" / "ggml-vocab-llama-spm.gguf"
+VOCAB_GGUF = REPO / "tests" / "models" / "llama-tokenizer" / "ggml-vocab-llama-spm.gguf"
 PREFILL_LENGTHS = (128, 512)
 N_DECODE = 64
 N_CTX, N_BATCH = 1024, 512          # llama.cpp's context and batch; qllama gets the same context
