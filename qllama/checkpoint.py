@@ -97,6 +97,32 @@ def open_checkpoint(path, tokenizer_path=None) -> Checkpoint:
     if path.is_dir():
         from .readers.hf import read_hf_folder
         return read_hf_folder(path, tokenizer_path)
+    if not path.is_file():      # a FIFO or a device would block or never end
+        raise QllamaError(f"{path}: not a regular file or folder")
+    ckpt = read_file(path, tokenizer_path)
+    if tokenizer_path is not None and ckpt.kind in ("gguf", "qllama"):   # the user's tokenizer wins
+        from .tokenizer import load_tokenizer_file
+        ckpt.tokenizer = load_tokenizer_file(Path(tokenizer_path))
+    check_vocab(ckpt, tokenizer_path)
+    return ckpt
+
+
+def check_vocab(ckpt: Checkpoint, tokenizer_path) -> None:
+    """The tokenizer must fit the embedding: more tokens than rows would index past it, and fewer
+    (outside Hugging Face folders, whose embeddings are often padded) would leave ids that decode
+    to nothing, as llama.cpp also refuses."""
+    tok = ckpt.tokenizer
+    if tok is None:
+        return
+    source = tokenizer_path or ckpt.path
+    rows = ckpt.args.vocab_size
+    if tok.vocab_size > rows or (tok.vocab_size < rows and ckpt.kind != "hf"):
+        raise QllamaError(f"{source}: the tokenizer has {tok.vocab_size} tokens but {ckpt.path.name}'s embedding has "
+                          f"{rows} rows")
+
+
+def read_file(path: Path, tokenizer_path) -> Checkpoint:
+    """A model in one file, told by its first bytes (GGUF) or else its suffix."""
     try:
         with open(path, "rb") as f:
             magic = f.read(8)

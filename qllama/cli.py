@@ -82,6 +82,10 @@ def unescape(text: str) -> str:
 def read_prompt(prompt: str) -> str:
     """PROMPT, or standard input for '-' (less one trailing newline)."""
     if prompt != "-":
+        try:
+            prompt.encode("utf-8")          # bytes that are not UTF-8 arrive as lone surrogates
+        except UnicodeEncodeError:
+            raise QllamaError("PROMPT: not UTF-8 text") from None
         return prompt
     data = sys.stdin.buffer.read()
     try:

@@ -166,8 +166,9 @@ class Model(TextAPI):
         self.tokenizer = checkpoint.tokenizer
         self.chat_template = checkpoint.chat_template
         self.ctx = ctx or min(self.args.max_seq_len, DEFAULT_CTX)
-        if self.ctx <= 0:
-            raise QllamaError(f"context size must be positive, got {self.ctx}")
+        if not 0 < self.ctx <= self.args.max_seq_len:
+            raise QllamaError(f"--ctx {self.ctx}: must be in 1..{self.args.max_seq_len} (the context "
+                              f"{checkpoint.path.name} was made for)")
         # the reference keeps float32 keys/values; the fast path float16 (half the memory and reads)
         kv_dtype = kv_dtype or ("f32" if reference else "f16")
         if kv_dtype not in KV_DTYPES:

@@ -1,6 +1,9 @@
 """Bad input: each gets one line naming the file and the problem, a non-zero exit and no traceback."""
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -71,3 +74,39 @@ def test_prompt_longer_than_context():
     result = qllama("run", "Once upon a time there was a cat", "-m", MODELS / "stories260K" / "stories260K.bin",
                     "--ctx", "4")
     assert_one_line_error(result, "context")
+
+
+def test_a_tokenizer_larger_than_the_embedding_is_refused():
+    result = qllama("run", "Once", "-m", MODELS / "stories260K" / "stories260K.bin", "--tokenizer",
+                    MODELS / "llama-tokenizer" / "tokenizer.model")
+    assert_one_line_error(result, "tokenizer.model", "32000 tokens", "512 rows")
+
+
+def test_a_missing_tokenizer_file_is_named_even_for_a_gguf(tmp_path):
+    result = qllama("run", "Once", "-m", MODELS / "stories260K" / "stories260K.gguf", "--tokenizer", tmp_path / "nope.model")
+    assert_one_line_error(result, "nope.model")
+
+
+def test_a_fifo_as_model_is_refused_without_hanging(tmp_path):
+    fifo = tmp_path / "model.gguf"
+    os.mkfifo(fifo)
+    assert_one_line_error(qllama("info", fifo, timeout=60), "model.gguf", "not a regular file")
+
+
+def test_a_context_beyond_the_models_is_refused():
+    result = qllama("run", "Once", "-m", MODELS / "stories260K" / "stories260K.bin", "--ctx", "1000000000")
+    assert_one_line_error(result, "--ctx 1000000000", "512")
+
+
+@pytest.mark.parametrize("option, value", [("--temp", "nan"), ("--repeat-penalty", "nan"), ("--top-p", "nan"),
+                                           ("--seed", "-1")])
+def test_sampling_values_that_are_not_numbers_in_range(option, value):
+    result = qllama("run", "Once", "-m", MODELS / "stories260K" / "stories260K.bin", option, value)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_prompt_that_is_not_utf8():
+    result = subprocess.run([sys.executable, "-m", "qllama", "run", b"caf\xe9", "-m",
+                             str(MODELS / "stories260K" / "stories260K.bin")], capture_output=True, timeout=120)
+    assert result.returncode == 1 and result.stderr.decode().strip() == "error: PROMPT: not UTF-8 text"
