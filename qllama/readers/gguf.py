@@ -40,9 +40,9 @@ def hf_name(path: Path, name: str) -> str:
 
 
 def open_gguf_reader(path: Path):
-    import gguf
+    from .gguf_fields import PlainReader
     try:
-        return gguf.GGUFReader(path)
+        return PlainReader(path)
     except ValueError as e:
         if "cannot reshape" in str(e):  # the package maps tensor data short of its declared size
             raise QllamaError(f"{path}: tensor data runs past the end of the file: truncated GGUF") from None
@@ -54,7 +54,7 @@ def open_gguf_reader(path: Path):
 def page_release(reader, begin: int, end: int):
     """A function that drops the file pages of bytes begin..end from this process (they stay in
     the OS page cache; a later read maps them again), or None where the mapping does not allow it."""
-    mapping = getattr(reader.data, "_mmap", None)      # numpy.memmap's mmap.mmap
+    mapping = getattr(getattr(reader, "memmap", None), "_mmap", None)      # numpy.memmap's mmap.mmap
     if mapping is None or not hasattr(mmap, "MADV_DONTNEED"):
         return None
     begin -= begin % mmap.PAGESIZE
