@@ -97,7 +97,7 @@ class ModelArgs:
         theta = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
         kind = rope.get("rope_type", rope.get("type", "default"))
         kind = {"default": "none"}.get(kind, kind)
-        if kind not in ROPE_SCALING_TYPES:
+        if kind not in ("none", "linear", "llama3"):
             raise QllamaError(f"{source}: rope_scaling type {kind!r} is not supported (supported: linear, llama3)")
         extra = {}
         if kind != "none":
