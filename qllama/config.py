@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 from .errors import QllamaError
 
@@ -71,12 +71,20 @@ class ModelArgs:
         return self.n_heads // self.n_kv_heads
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        data = asdict(self)
+        if not self.rope_freq_factors:  # left out unless used: qllama before it can still read the file
+            del data["rope_freq_factors"]
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "ModelArgs":
         try:
-            return cls(**json.loads(text))
+            data = json.loads(text)
+            unknown = sorted(set(data) - {f.name for f in fields(cls)})
+            if unknown:
+                raise QllamaError(f"model config: {unknown[0]!r} is unknown to this qllama (written by a newer "
+                                  f"version?); upgrade qllama")
+            return cls(**data)
         except (TypeError, ValueError) as e:
             raise QllamaError(f"model config: bad ModelArgs metadata ({e})") from None
 

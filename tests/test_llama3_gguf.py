@@ -114,3 +114,12 @@ def test_rope_freqs_must_fit_head_dim_and_fold_linear_scaling():
         ModelArgs(**{**vars(args), "rope_freq_factors": (1.0, -2.0) * 4})
     with pytest.raises(QllamaError, match="rope frequency factors"):
         ModelArgs(**{**vars(args), "rope_scaling": "none"})
+
+
+def test_model_args_json_names_only_what_a_model_uses():
+    # a file without the table stays readable by a qllama that predates it; one from a newer qllama is refused by name
+    plain = qllama.load(Path(__file__).parent / "fixtures" / "hf" / "gqa_tied_f32", reference=True).args
+    assert "rope_freq_factors" not in json.loads(plain.to_json())
+    assert ModelArgs.from_json(plain.to_json()) == plain
+    with pytest.raises(QllamaError, match="'rope_future' is unknown to this qllama.*upgrade"):
+        ModelArgs.from_json(json.dumps({**json.loads(plain.to_json()), "rope_future": 1}))
