@@ -6,11 +6,14 @@ GGUF `llama.*` metadata or a llama2.c header; whatever qllama cannot run is refu
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, fields
 
 from .errors import QllamaError
 
-ROPE_SCALING_TYPES = ("none", "linear", "llama3")
+# "freq_factors": a divisor per rotating pair, as GGUF's rope_freqs.weight holds it (llama.cpp's converter
+# writes Llama 3.1+'s llama3 scaling that way, with none of its parameters)
+ROPE_SCALING_TYPES = ("none", "linear", "llama3", "freq_factors")
 
 
 @dataclass(frozen=True)
@@ -31,8 +34,10 @@ class ModelArgs:
     rope_low_freq_factor: float = 1.0    # llama3 only
     rope_high_freq_factor: float = 4.0   # llama3 only
     rope_original_max_seq_len: int = 8192  # llama3 only: the context before extension
+    rope_freq_factors: tuple[float, ...] = ()  # freq_factors only: (head_dim/2,) divisors of the inverse frequencies
 
     def __post_init__(self):
+        object.__setattr__(self, "rope_freq_factors", tuple(float(f) for f in self.rope_freq_factors))  # JSON gives a list
         for name in ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "vocab_size", "max_seq_len"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
@@ -45,6 +50,12 @@ class ModelArgs:
             raise QllamaError(f"model config: rope scaling {self.rope_scaling!r} is not supported")
         if not self.norm_eps > 0 or not self.rope_theta > 0 or not self.rope_factor > 0:
             raise QllamaError("model config: norm_eps, rope_theta and the rope factor must be positive")
+        factors, n_pairs = self.rope_freq_factors, self.head_dim // 2
+        if (self.rope_scaling == "freq_factors") != bool(factors):
+            raise QllamaError("model config: rope frequency factors go with rope scaling 'freq_factors', and only with it")
+        if factors and (len(factors) != n_pairs or not all(math.isfinite(f) and f > 0 for f in factors)):
+            raise QllamaError(f"model config: rope frequency factors must be {n_pairs} positive numbers "
+                              f"(head_dim {self.head_dim} / 2), got {len(factors)}")
 
     @property
     def q_dim(self) -> int:
@@ -60,12 +71,20 @@ class ModelArgs:
         return self.n_heads // self.n_kv_heads
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        data = asdict(self)
+        if not self.rope_freq_factors:  # left out unless used: qllama before it can still read the file
+            del data["rope_freq_factors"]
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "ModelArgs":
         try:
-            return cls(**json.loads(text))
+            data = json.loads(text)
+            unknown = sorted(set(data) - {f.name for f in fields(cls)})
+            if unknown:
+                raise QllamaError(f"model config: {unknown[0]!r} is unknown to this qllama (written by a newer "
+                                  f"version?); upgrade qllama")
+            return cls(**data)
         except (TypeError, ValueError) as e:
             raise QllamaError(f"model config: bad ModelArgs metadata ({e})") from None
 
@@ -86,7 +105,7 @@ class ModelArgs:
         theta = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
         kind = rope.get("rope_type", rope.get("type", "default"))
         kind = {"default": "none"}.get(kind, kind)
-        if kind not in ROPE_SCALING_TYPES:
+        if kind not in ("none", "linear", "llama3"):
             raise QllamaError(f"{source}: rope_scaling type {kind!r} is not supported (supported: linear, llama3)")
         extra = {}
         if kind != "none":
@@ -114,8 +133,9 @@ class ModelArgs:
         )
 
     @classmethod
-    def from_gguf(cls, meta: dict, source: str, vocab_size: int, tied: bool) -> "ModelArgs":
-        """From GGUF `llama.*` metadata; vocab_size and tying come from the tensors, which are the truth."""
+    def from_gguf(cls, meta: dict, source: str, vocab_size: int, tied: bool, rope_freqs=None) -> "ModelArgs":
+        """From GGUF `llama.*` metadata; vocab_size and tying come from the tensors, which are the truth.
+        rope_freqs: the rope_freqs.weight tensor's values, if the file has one."""
         arch = meta.get("general.architecture")
         if arch != "llama":
             raise QllamaError(f"{source}: general.architecture = {arch!r} is not supported (only 'llama')")
@@ -128,24 +148,32 @@ class ModelArgs:
             return meta[key]
 
         dim, n_heads = int(need("llama.embedding_length")), int(need("llama.attention.head_count"))
+        head_dim = int(meta.get("llama.attention.key_length", meta.get("llama.rope.dimension_count", dim // n_heads)))
         kind = meta.get("llama.rope.scaling.type", "none")
         kind = {"": "none"}.get(kind, kind)
         if kind not in ("none", "linear"):
             raise QllamaError(f"{source}: llama.rope.scaling.type = {kind!r} is not supported")
+        factor = float(meta.get("llama.rope.scaling.factor", 1.0)) if kind == "linear" else 1.0
+        scaling = {"rope_scaling": kind, "rope_factor": factor}
+        if rope_freqs is not None:
+            if len(rope_freqs) != head_dim // 2:
+                raise QllamaError(f"{source}: tensor rope_freqs.weight has {len(rope_freqs)} values, "
+                                  f"expected head_dim / 2 = {head_dim // 2}")
+            # llama.cpp divides each frequency by its factor and all of them by the linear factor: one divisor
+            scaling = {"rope_scaling": "freq_factors", "rope_freq_factors": tuple(float(f) * factor for f in rope_freqs)}
         return cls(
             dim=dim,
             hidden_dim=int(need("llama.feed_forward_length")),
             n_layers=int(need("llama.block_count")),
             n_heads=n_heads,
             n_kv_heads=int(meta.get("llama.attention.head_count_kv", n_heads)),
-            head_dim=int(meta.get("llama.attention.key_length", meta.get("llama.rope.dimension_count", dim // n_heads))),
+            head_dim=head_dim,
             vocab_size=vocab_size,
             norm_eps=float(meta.get("llama.attention.layer_norm_rms_epsilon", 1e-5)),
             rope_theta=float(meta.get("llama.rope.freq_base", 10000.0)),
             max_seq_len=int(meta.get("llama.context_length", 2048)),
             tied_embeddings=tied,
-            rope_scaling=kind,
-            rope_factor=float(meta.get("llama.rope.scaling.factor", 1.0)) if kind == "linear" else 1.0,
+            **scaling,
         )
 
 

@@ -1,7 +1,9 @@
-"""RoPE tables in Hugging Face's rotate-half layout, with linear and llama3 frequency scaling.
+"""RoPE tables in Hugging Face's rotate-half layout, with linear, llama3 and per-frequency scaling.
 
 llama3 scaling follows transformers' `_compute_llama3_parameters`: long wavelengths are divided by
-the factor, short ones kept, and the band between blended smoothly.
+the factor, short ones kept, and the band between blended smoothly. freq_factors is the same
+scaling as GGUF files carry it (rope_freqs.weight): one divisor per frequency, applied as
+llama.cpp's ggml_rope_ext applies its freq_factors.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ def inverse_frequencies(args: ModelArgs) -> np.ndarray:
     inv_freq = 1.0 / args.rope_theta ** (np.arange(0, args.head_dim, 2, dtype=np.float64) / args.head_dim)
     if args.rope_scaling == "linear":
         return inv_freq / args.rope_factor
+    if args.rope_scaling == "freq_factors":
+        return inv_freq / np.asarray(args.rope_freq_factors, dtype=np.float64)
     if args.rope_scaling == "llama3":
         old_ctx, factor = args.rope_original_max_seq_len, args.rope_factor
         low, high = args.rope_low_freq_factor, args.rope_high_freq_factor

@@ -1,7 +1,8 @@
 """Tokenizers against oracles we did not write.
 
 - llama.cpp's tokenizer test cases for the LLaMA SentencePiece vocab (ggml-vocab-llama-spm.gguf.inp/.out),
-  on tokenizer.model and on the vocab-only GGUF;
+  on tokenizer.model and on the vocab-only GGUF, and for Llama 3's byte-level BPE vocab
+  (ggml-vocab-llama-bpe.gguf, tokenizer.ggml.pre = llama-bpe);
 - Hugging Face transformers' encoding of SmolLM2's GGUF vocab (tests/fixtures/smollm2_tokenizer_cases.json,
   written by tests/fixtures/make_tokenizer_cases.py);
 - the SentencePiece library itself (round trips), and the gguf package's own field decoding.
@@ -15,6 +16,8 @@ import pytest
 import sentencepiece as spm
 
 from qllama.errors import QllamaError
+from qllama.gguf_vocab import bpe_from_gguf
+from qllama.readers.gguf import open_gguf_reader
 from qllama.readers.gguf_fields import gguf_metadata
 from qllama.tokenizer import Tokenizer, load_tokenizer_file, tokenizer_from_gguf
 from paths import MODELS
@@ -34,18 +37,28 @@ def model_file(rel: str) -> Path:
 
 
 def gguf_tokenizer(path: Path) -> Tokenizer:
-    return tokenizer_from_gguf(gguf_metadata(gguf.GGUFReader(path)), str(path))
+    return tokenizer_from_gguf(gguf_metadata(open_gguf_reader(path)), str(path))
 
 
-def llama_cases() -> list[tuple[str, list[int]]]:
-    raw = model_file("llama-tokenizer/ggml-vocab-llama-spm.gguf.inp").read_text(encoding="utf-8")
+def llama_cpp_cases(vocab: str) -> list[tuple[str, list[int]]]:
+    """llama.cpp's tests/test-tokenizer-0 cases for models/<vocab>: (text, ids without BOS)."""
+    raw = model_file(vocab + ".inp").read_text(encoding="utf-8")
     assert raw.endswith(SEP)  # every input, the last included, is followed by the separator line
     inputs = raw[:-len(SEP)].split(SEP)
-    lines = model_file("llama-tokenizer/ggml-vocab-llama-spm.gguf.out").read_text(encoding="utf-8").split("\n")
+    lines = model_file(vocab + ".out").read_text(encoding="utf-8").split("\n")
     assert lines[-1] == ""
     outputs = [[int(t) for t in line.split()] for line in lines[:-1]]
     assert len(inputs) == len(outputs) == 46
     return list(zip(inputs, outputs))
+
+
+def llama_cases() -> list[tuple[str, list[int]]]:
+    return llama_cpp_cases(CPP_VOCABS["llama_gguf"])
+
+
+CPP_VOCABS = {"llama_model": "llama-tokenizer/ggml-vocab-llama-spm.gguf",
+              "llama_gguf": "llama-tokenizer/ggml-vocab-llama-spm.gguf",
+              "llama3": "llama3-vocab/ggml-vocab-llama-bpe.gguf"}
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +69,16 @@ def llama_model():
 @pytest.fixture(scope="module")
 def llama_gguf():
     return gguf_tokenizer(model_file("llama-tokenizer/ggml-vocab-llama-spm.gguf"))
+
+
+@pytest.fixture(scope="module")
+def llama3_meta():
+    return gguf_metadata(open_gguf_reader(model_file(CPP_VOCABS["llama3"])))
+
+
+@pytest.fixture(scope="module")
+def llama3(llama3_meta):
+    return tokenizer_from_gguf(llama3_meta, CPP_VOCABS["llama3"])
 
 
 @pytest.fixture(scope="module")
@@ -86,13 +109,13 @@ def smollm2_cases():
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-ALL_TOKENIZERS = ["llama_model", "llama_gguf", "stories_model", "stories_gguf", "smollm2"]
+ALL_TOKENIZERS = ["llama_model", "llama_gguf", "llama3", "stories_model", "stories_gguf", "smollm2"]
 
 
-@pytest.mark.parametrize("name", ["llama_model", "llama_gguf"])
+@pytest.mark.parametrize("name", ["llama_model", "llama_gguf", "llama3"])
 def test_llama_cpp_cases(name, request):
     tok = request.getfixturevalue(name)
-    wrong = [(text, tok.encode(text, add_bos=False), ids) for text, ids in llama_cases()
+    wrong = [(text, tok.encode(text, add_bos=False), ids) for text, ids in llama_cpp_cases(CPP_VOCABS[name])
              if tok.encode(text, add_bos=False) != ids]
     assert not wrong, f"{len(wrong)} of 46 llama.cpp cases differ, first: {wrong[0]}"
 
@@ -127,6 +150,45 @@ def test_llama_parse_special(llama_model, llama_gguf):
         # as llama.cpp: "<s>" parsed to BOS, and the text after a special token gets the space prefix again
         assert tok.encode("<s>Hello</s> world", add_bos=False, parse_special=True) == [1, 15043, 2, 29871, 3186]
         assert 1 not in tok.encode("<s>Hello", add_bos=False)  # plain text by default
+
+
+def test_llama3_settings_and_round_trip(llama3):
+    # llama.cpp's defaults for pre = llama-bpe: BOS added; ids from the file's metadata
+    assert (llama3.kind, llama3.vocab_size, llama3.bos_id, llama3.eos_id, llama3.add_bos) == \
+        ("bpe", 128256, 128000, 128001, True)
+    for text, ids in llama_cpp_cases(CPP_VOCABS["llama3"]):
+        assert llama3.encode(text) == [128000] + ids
+        assert llama3.decode(llama3.encode(text)) == text  # byte-level BPE: every text comes back
+
+
+def test_llama3_end_of_turn_tokens_stop(llama3, llama3_meta):
+    # Llama 3.0's vocab: <|eot_id|> ends a turn besides EOS <|end_of_text|>; 128008 is still reserved
+    assert llama3.stop_ids == {128001, 128009} and llama3.lookup("<|eot_id|>") == 128009
+    assert llama3.lookup("<|eom_id|>") is None
+    # Llama 3.1 named three reserved tokens, among them <|eom_id|> (end of message, after a tool call)
+    tokens = list(llama3_meta["tokenizer.ggml.tokens"])
+    tokens[128004], tokens[128008], tokens[128010] = "<|finetune_right_pad_id|>", "<|eom_id|>", "<|python_tag|>"
+    llama31 = tokenizer_from_gguf(dict(llama3_meta, **{"tokenizer.ggml.tokens": tokens}), "llama31.gguf")
+    assert llama31.stop_ids == {128001, 128008, 128009}
+
+
+def test_llama3_parse_special(llama3):
+    text = "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+    ids = llama3.encode(text, add_bos=False, parse_special=True)
+    assert ids == [128000, 128006] + llama3.encode("user", add_bos=False) + [128007] + \
+        llama3.encode("\n\nHi", add_bos=False) + [128009]
+    assert llama3.decode(ids) == "user\n\nHi"          # control tokens decode to nothing
+    assert 128009 not in llama3.encode(text)          # plain text unless asked
+
+
+def test_llama_bpe_splits_contractions_as_llama_cpp():
+    # llama.cpp matches '[sS] where Llama 3's tokenizer.json says (?i:'s): U+017F (long s, folds to s)
+    # starts no contraction there, so "'ſo" is one piece (llama-vocab.cpp, LLAMA_VOCAB_PRE_TYPE_LLAMA3)
+    tokens = [chr(c) for c in range(33, 127)]
+    hf, add_bos = bpe_from_gguf({"tokenizer.ggml.tokens": tokens, "tokenizer.ggml.merges": [],
+                                 "tokenizer.ggml.pre": "llama-bpe"}, "x.gguf")
+    pieces = [p for p, _ in hf.pre_tokenizer.pre_tokenize_str("it's x'ſo I'LL")]
+    assert pieces == ["it", "'s", "Ġx", "'Å¿o", "ĠI", "'LL"] and add_bos
 
 
 def test_smollm2_matches_transformers(smollm2, smollm2_cases):
@@ -235,7 +297,7 @@ def test_tokenizer_json_add_bos_defaults_to_post_processor(smollm2, tmp_path):
 
 
 def test_gguf_metadata_matches_gguf_package():
-    reader = gguf.GGUFReader(model_file("llama-tokenizer/ggml-vocab-llama-spm.gguf"))
+    reader = open_gguf_reader(model_file("llama-tokenizer/ggml-vocab-llama-spm.gguf"))
     meta = gguf_metadata(reader)
     assert set(meta) == set(reader.fields)
     for key, field in reader.fields.items():

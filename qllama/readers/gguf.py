@@ -2,6 +2,8 @@
 
 GGUF stores q/k rows in the interleaved-pair RoPE layout; we permute them once to rotate-half. Rows
 are permuted whole (groups run along the input dimension), so quantized rows stay bit-exact.
+`rope_freqs.weight` (llama.cpp's converter writes Llama 3.1+'s llama3 RoPE scaling as this tensor of
+per-frequency divisors, and no rope.scaling metadata) is not a weight: it goes into ModelArgs.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ BLOCK_NAMES = {
     "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
 }
 BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)\.weight")
+ROPE_FREQS = "rope_freqs.weight"
 
 
 def hf_name(path: Path, name: str) -> str:
@@ -34,15 +37,13 @@ def hf_name(path: Path, name: str) -> str:
     m = BLOCK_RE.fullmatch(name)
     if m and m.group(2) in BLOCK_NAMES:
         return f"model.layers.{m.group(1)}.{BLOCK_NAMES[m.group(2)]}.weight"
-    if name == "rope_freqs.weight":
-        raise QllamaError(f"{path}: tensor rope_freqs.weight (llama3 rope scaling inside GGUF) is not supported yet")
     raise QllamaError(f"{path}: unexpected tensor {name}: not a plain LLaMA model")
 
 
 def open_gguf_reader(path: Path):
-    import gguf
+    from .gguf_fields import PlainReader
     try:
-        return gguf.GGUFReader(path)
+        return PlainReader(path)
     except ValueError as e:
         if "cannot reshape" in str(e):  # the package maps tensor data short of its declared size
             raise QllamaError(f"{path}: tensor data runs past the end of the file: truncated GGUF") from None
@@ -54,7 +55,7 @@ def open_gguf_reader(path: Path):
 def page_release(reader, begin: int, end: int):
     """A function that drops the file pages of bytes begin..end from this process (they stay in
     the OS page cache; a later read maps them again), or None where the mapping does not allow it."""
-    mapping = getattr(reader.data, "_mmap", None)      # numpy.memmap's mmap.mmap
+    mapping = getattr(getattr(reader, "memmap", None), "_mmap", None)      # numpy.memmap's mmap.mmap
     if mapping is None or not hasattr(mmap, "MADV_DONTNEED"):
         return None
     begin -= begin % mmap.PAGESIZE
@@ -70,6 +71,14 @@ def decoder(qtype):
     return lambda raw: gguf.quants.dequantize(raw, qtype)
 
 
+def read_rope_freqs(path: Path, t, qtype) -> list[float]:
+    """rope_freqs.weight: one positive float divisor per rotating pair (F32, as llama.cpp writes it)."""
+    values = decoder(qtype)(t.data).astype(np.float64).reshape(-1)
+    if len(t.shape) != 1 or not np.all(np.isfinite(values) & (values > 0)):
+        raise QllamaError(f"{path}: tensor {ROPE_FREQS} must be a vector of positive numbers")
+    return values.tolist()
+
+
 def read_gguf(path: Path) -> Checkpoint:
     import gguf
     from ..tokenizer import tokenizer_from_gguf
@@ -78,7 +87,7 @@ def read_gguf(path: Path) -> Checkpoint:
     reader = open_gguf_reader(path)
     meta = gguf_metadata(reader)
     size = path.stat().st_size
-    raw_tensors = {}
+    raw_tensors, rope_freqs = {}, None
     for t in reader.tensors:
         if t.data_offset + int(t.n_bytes) > size:
             raise QllamaError(f"{path}: tensor {t.name} runs past the end of the file "
@@ -87,12 +96,15 @@ def read_gguf(path: Path) -> Checkpoint:
             qtype = gguf.GGMLQuantizationType(t.tensor_type)
         except ValueError:
             raise QllamaError(f"{path}: tensor {t.name} has unknown GGML type {int(t.tensor_type)}") from None
+        if t.name == ROPE_FREQS:
+            rope_freqs = read_rope_freqs(path, t, qtype)
+            continue
         raw_tensors[hf_name(path, t.name)] = (t, qtype)
     if "model.embed_tokens.weight" not in raw_tensors:
         raise QllamaError(f"{path}: no token_embd.weight tensor: not a model with weights (a vocab-only GGUF?)")
     tied = "lm_head.weight" not in raw_tensors
     vocab_size = int(raw_tensors["model.embed_tokens.weight"][0].shape[-1])
-    args = ModelArgs.from_gguf(meta, str(path), vocab_size=vocab_size, tied=tied)
+    args = ModelArgs.from_gguf(meta, str(path), vocab_size=vocab_size, tied=tied, rope_freqs=rope_freqs)
     tensors = {}
     for name, (t, qtype) in raw_tensors.items():
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # GGML lists the fastest dimension first

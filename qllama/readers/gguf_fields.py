@@ -13,6 +13,20 @@ import numpy as np
 VT = gguf.GGUFValueType
 
 
+class PlainReader(gguf.GGUFReader):
+    """GGUFReader over a plain ndarray view of its np.memmap. The reader slices `data` once or twice
+    per metadata element, and slicing an np.memmap costs ~10 us more (memmap.__array_finalize__):
+    a Llama 3 vocab (128k tokens, 280k merges) then opens in 5 s instead of 20. `memmap` keeps the map."""
+
+    @property
+    def data(self):
+        return self._plain
+
+    @data.setter
+    def data(self, value):
+        self.memmap, self._plain = value, value.view(np.ndarray)
+
+
 def _string(part: np.ndarray) -> str:
     return part.tobytes().decode("utf-8", errors="replace")
 
