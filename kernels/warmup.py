@@ -85,7 +85,7 @@ def kernel_plan(model) -> list[list[tuple[tuple, tuple]]]:
                             (typeof(embed.qweight), typeof(embed.scales), typeof(embed.mins), *ints, f32_2))])
     ew = "qllama.kernels.elementwise"
     norm = (f32_2, typeof(model.weights["model.norm.weight"]), numba.float32, f32_2)
-    rope = (f32_3, typeof(model.cos[:1]), typeof(model.sin[:1]), f32_3)
+    rope = (f32_3, f32_2, f32_2, f32_3)             # cos, sin: fresh (n, head_dim/2) arrays
     for op, sig in (("rmsnorm", norm), ("silu_mul", (f32_2, f32_2, f32_2)), ("rope", rope)):
         groups.append([((ew, f"_{op}_serial", None), sig), ((ew, f"_{op}_parallel", None), sig)])
     return groups

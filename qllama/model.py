@@ -25,7 +25,7 @@ from .kernels.warmup import prepare_kernels
 from .linear import DenseLinear, QuantLinear, stacked
 from .quantize.formats import BY_GGML_TYPE
 from .quantize.tensor import from_ggml_blocks
-from .rope import apply_rope, rope_tables
+from .rope import apply_rope, inverse_frequencies, rope_at
 from .session import Session
 
 KV_DTYPES = {"f16": np.float16, "f32": np.float32}
@@ -106,7 +106,7 @@ def attend_spans(ops: Ops, spans: list[Span], layer: int, q, k, v, n_rep: int) -
     return out
 
 
-def forward(w: dict, args: ModelArgs, spans: list[Span], cos, sin, tokens: np.ndarray,
+def forward(w: dict, args: ModelArgs, spans: list[Span], inv_freq: np.ndarray, tokens: np.ndarray,
             last_only: bool = False, observe=None, ops: Ops = REFERENCE_OPS) -> np.ndarray:
     """tokens (n,) of one or more sequences (spans, one after another, each over its own KV cache)
     -> logits (n, vocab), or the last token's of each span with last_only. Several spans make one
@@ -129,7 +129,7 @@ def forward(w: dict, args: ModelArgs, spans: list[Span], cos, sin, tokens: np.nd
     n = len(tokens)
     x = w["model.embed_tokens.weight"].rows(tokens)                     # (n, dim)
     positions = np.concatenate([np.arange(s.pos, s.pos + s.n) for s in spans])
-    rc, rs = cos[positions], sin[positions]                             # (n, head_dim/2)
+    rc, rs = rope_at(inv_freq, positions)                               # (n, head_dim/2)
     for i in range(args.n_layers):
         p = f"model.layers.{i}."
         # attention: rmsnorm, project to q/k/v, rotate q and k, attend over the cache
@@ -151,7 +151,7 @@ def forward(w: dict, args: ModelArgs, spans: list[Span], cos, sin, tokens: np.nd
 
 
 class Model(TextAPI):
-    """What is loaded once and never changes: weights, tokenizer, chat template, RoPE tables, kernels.
+    """What is loaded once and never changes: weights, tokenizer, chat template, RoPE frequencies, kernels.
 
     Conversations live in Sessions (qllama/session.py), each with its own KV cache, all sharing these
     weights: `new_session()` makes one. For the easy cases the model has a default session of its own,
@@ -187,7 +187,7 @@ class Model(TextAPI):
             # the kernels read copies (or map the pages again where they read the file's planes):
             # whatever the copying mapped, in pages or in the page cache's large folios, goes
             checkpoint.release()
-        self.cos, self.sin = rope_tables(self.args, self.ctx)
+        self.inv_freq = inverse_frequencies(self.args)     # RoPE's angular speeds (head_dim/2,)
         self.ops = REFERENCE_OPS if reference else KERNEL_OPS
         self.threads = threads          # kernel threads for this model's passes (None: Numba's setting)
         self._lock = threading.Lock()
@@ -205,7 +205,7 @@ class Model(TextAPI):
         with self._lock:
             if self.threads is not None:    # Numba's setting is per calling thread
                 numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
-            logits = forward(self.weights, self.args, spans, self.cos, self.sin, tokens, last_only, observe, self.ops)
+            logits = forward(self.weights, self.args, spans, self.inv_freq, tokens, last_only, observe, self.ops)
         return logits.astype(np.float32, copy=False)
 
     def decode_batch(self, sessions: list[Session], tokens) -> np.ndarray:

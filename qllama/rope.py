@@ -33,9 +33,10 @@ def inverse_frequencies(args: ModelArgs) -> np.ndarray:
     return inv_freq
 
 
-def rope_tables(args: ModelArgs, ctx: int) -> tuple[np.ndarray, np.ndarray]:
-    """cos, sin: (ctx, head_dim/2) float32 for positions 0..ctx-1."""
-    angles = np.outer(np.arange(ctx, dtype=np.float64), inverse_frequencies(args))
+def rope_at(inv_freq: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin: (n, head_dim/2) float32 for these positions, computed when needed (in float64, then
+    rounded): no table as long as the context, so a long --ctx costs nothing until it is used."""
+    angles = np.outer(positions.astype(np.float64), inv_freq)
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
