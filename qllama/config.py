@@ -9,6 +9,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, fields
 
+from .config_values import LIMITS, Values
 from .errors import QllamaError
 
 # "freq_factors": a divisor per rotating pair, as GGUF's rope_freqs.weight holds it (llama.cpp's converter
@@ -38,10 +39,17 @@ class ModelArgs:
 
     def __post_init__(self):
         object.__setattr__(self, "rope_freq_factors", tuple(float(f) for f in self.rope_freq_factors))  # JSON gives a list
-        for name in ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "vocab_size", "max_seq_len"):
+        for name in ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "vocab_size", "max_seq_len",
+                     "rope_original_max_seq_len"):
+            value, hi = getattr(self, name), LIMITS.get(name, LIMITS["max_seq_len"])
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= hi:
+                raise QllamaError(f"model config: {name} must be an integer in [1, {hi}], got {value!r}")
+        for name in ("norm_eps", "rope_theta", "rope_factor", "rope_low_freq_factor", "rope_high_freq_factor"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise QllamaError(f"model config: {name} must be a positive integer, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise QllamaError(f"model config: {name} must be a finite number, got {value!r}")
+        if not isinstance(self.tied_embeddings, bool) or not isinstance(self.rope_scaling, str):
+            raise QllamaError("model config: tied_embeddings must be true or false and rope_scaling a string")
         if self.n_heads % self.n_kv_heads:
             raise QllamaError(f"model config: n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
         if self.head_dim % 2:
@@ -89,45 +97,49 @@ class ModelArgs:
             raise QllamaError(f"model config: bad ModelArgs metadata ({e})") from None
 
     @classmethod
+    def checked(cls, source: str, **values) -> "ModelArgs":
+        """Construct, naming `source` in any refusal."""
+        try:
+            return cls(**values)
+        except QllamaError as e:
+            raise QllamaError(f"{source}: {str(e).removeprefix('model config: ')}") from None
+
+    @classmethod
     def from_hf_config(cls, cfg: dict, source: str = "config.json") -> "ModelArgs":
         """From a LlamaForCausalLM config.json (transformers 4.x top-level rope keys or 5.x rope_parameters)."""
         refuse_unsupported_hf(cfg, source)
-
-        def need(key):
-            if key not in cfg or cfg[key] is None:
-                raise QllamaError(f"{source}: missing required key {key!r}")
-            return cfg[key]
-
-        dim, n_heads = need("hidden_size"), need("num_attention_heads")
-        rope = dict(cfg.get("rope_parameters") or {})
-        legacy = cfg.get("rope_scaling") or {}
-        rope = {**legacy, **rope}  # 5.x nests everything in rope_parameters; 4.x has rope_scaling + rope_theta
-        theta = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
-        kind = rope.get("rope_type", rope.get("type", "default"))
+        v = Values(cfg, source)
+        dim = v.int("hidden_size", hi=LIMITS["dim"])
+        n_heads = v.int("num_attention_heads", hi=LIMITS["n_heads"])
+        # 5.x nests everything in rope_parameters; 4.x has rope_scaling + rope_theta
+        rope = Values({**v.dict("rope_scaling").data, **v.dict("rope_parameters").data}, source)
+        theta = rope.float("rope_theta", v.float("rope_theta", 10000.0)) if rope.has("rope_theta") else v.float("rope_theta", 10000.0)
+        kind = rope.str("rope_type", rope.str("type", "default"))
         kind = {"default": "none"}.get(kind, kind)
         if kind not in ("none", "linear", "llama3"):
             raise QllamaError(f"{source}: rope_scaling type {kind!r} is not supported (supported: linear, llama3)")
         extra = {}
         if kind != "none":
-            extra["rope_factor"] = float(rope.get("factor", 1.0))
+            extra["rope_factor"] = rope.float("factor", 1.0, hi=1e6)
         if kind == "llama3":
             extra.update(
-                rope_low_freq_factor=float(rope.get("low_freq_factor", 1.0)),
-                rope_high_freq_factor=float(rope.get("high_freq_factor", 4.0)),
-                rope_original_max_seq_len=int(rope.get("original_max_position_embeddings", 8192)),
+                rope_low_freq_factor=rope.float("low_freq_factor", 1.0, hi=1e6),
+                rope_high_freq_factor=rope.float("high_freq_factor", 4.0, hi=1e6),
+                rope_original_max_seq_len=rope.int("original_max_position_embeddings", 8192, hi=LIMITS["max_seq_len"]),
             )
-        return cls(
+        return cls.checked(
+            source,
             dim=dim,
-            hidden_dim=need("intermediate_size"),
-            n_layers=need("num_hidden_layers"),
+            hidden_dim=v.int("intermediate_size", hi=LIMITS["hidden_dim"]),
+            n_layers=v.int("num_hidden_layers", hi=LIMITS["n_layers"]),
             n_heads=n_heads,
-            n_kv_heads=cfg.get("num_key_value_heads") or n_heads,
-            head_dim=cfg.get("head_dim") or dim // n_heads,
-            vocab_size=need("vocab_size"),
-            norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-            rope_theta=float(theta),
-            max_seq_len=int(cfg.get("max_position_embeddings", 2048)),
-            tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            n_kv_heads=v.int("num_key_value_heads", n_heads, hi=LIMITS["n_heads"]),
+            head_dim=v.int("head_dim", max(dim // n_heads, 1), hi=LIMITS["head_dim"]),
+            vocab_size=v.int("vocab_size", hi=LIMITS["vocab_size"]),
+            norm_eps=v.float("rms_norm_eps", 1e-6, hi=1.0),
+            rope_theta=theta,
+            max_seq_len=v.int("max_position_embeddings", 2048, hi=LIMITS["max_seq_len"]),
+            tied_embeddings=v.bool("tie_word_embeddings", False),
             rope_scaling=kind,
             **extra,
         )
@@ -136,24 +148,21 @@ class ModelArgs:
     def from_gguf(cls, meta: dict, source: str, vocab_size: int, tied: bool, rope_freqs=None) -> "ModelArgs":
         """From GGUF `llama.*` metadata; vocab_size and tying come from the tensors, which are the truth.
         rope_freqs: the rope_freqs.weight tensor's values, if the file has one."""
+        v = Values(meta, source)
         arch = meta.get("general.architecture")
         if arch != "llama":
             raise QllamaError(f"{source}: general.architecture = {arch!r} is not supported (only 'llama')")
         if meta.get("llama.expert_count", 0):
             raise QllamaError(f"{source}: llama.expert_count = {meta['llama.expert_count']} (mixture of experts) is not supported")
-
-        def need(key):
-            if key not in meta:
-                raise QllamaError(f"{source}: missing metadata key {key!r}")
-            return meta[key]
-
-        dim, n_heads = int(need("llama.embedding_length")), int(need("llama.attention.head_count"))
-        head_dim = int(meta.get("llama.attention.key_length", meta.get("llama.rope.dimension_count", dim // n_heads)))
-        kind = meta.get("llama.rope.scaling.type", "none")
+        dim = v.int("llama.embedding_length", hi=LIMITS["dim"])
+        n_heads = v.int("llama.attention.head_count", hi=LIMITS["n_heads"])
+        head_dim = v.int("llama.attention.key_length", v.int("llama.rope.dimension_count", max(dim // n_heads, 1),
+                                                              hi=LIMITS["head_dim"]), hi=LIMITS["head_dim"])
+        kind = v.str("llama.rope.scaling.type", "none")
         kind = {"": "none"}.get(kind, kind)
         if kind not in ("none", "linear"):
             raise QllamaError(f"{source}: llama.rope.scaling.type = {kind!r} is not supported")
-        factor = float(meta.get("llama.rope.scaling.factor", 1.0)) if kind == "linear" else 1.0
+        factor = v.float("llama.rope.scaling.factor", 1.0, hi=1e6) if kind == "linear" else 1.0
         scaling = {"rope_scaling": kind, "rope_factor": factor}
         if rope_freqs is not None:
             if len(rope_freqs) != head_dim // 2:
@@ -161,17 +170,18 @@ class ModelArgs:
                                   f"expected head_dim / 2 = {head_dim // 2}")
             # llama.cpp divides each frequency by its factor and all of them by the linear factor: one divisor
             scaling = {"rope_scaling": "freq_factors", "rope_freq_factors": tuple(float(f) * factor for f in rope_freqs)}
-        return cls(
+        return cls.checked(
+            source,
             dim=dim,
-            hidden_dim=int(need("llama.feed_forward_length")),
-            n_layers=int(need("llama.block_count")),
+            hidden_dim=v.int("llama.feed_forward_length", hi=LIMITS["hidden_dim"]),
+            n_layers=v.int("llama.block_count", hi=LIMITS["n_layers"]),
             n_heads=n_heads,
-            n_kv_heads=int(meta.get("llama.attention.head_count_kv", n_heads)),
+            n_kv_heads=v.int("llama.attention.head_count_kv", n_heads, hi=LIMITS["n_heads"]),
             head_dim=head_dim,
             vocab_size=vocab_size,
-            norm_eps=float(meta.get("llama.attention.layer_norm_rms_epsilon", 1e-5)),
-            rope_theta=float(meta.get("llama.rope.freq_base", 10000.0)),
-            max_seq_len=int(meta.get("llama.context_length", 2048)),
+            norm_eps=v.float("llama.attention.layer_norm_rms_epsilon", 1e-5, hi=1.0),
+            rope_theta=v.float("llama.rope.freq_base", 10000.0),
+            max_seq_len=v.int("llama.context_length", 2048, hi=LIMITS["max_seq_len"]),
             tied_embeddings=tied,
             **scaling,
         )
