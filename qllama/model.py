@@ -211,7 +211,8 @@ class Model:
 
 def build_weight(t: SourceTensor, reference: bool):
     """Vectors -> float32 arrays; matrices -> QuantLinear over their planes when the source has them
-    (qllama files, GGUF Q8_0/Q4_0/Q4_1), else DenseLinear. reference=True: float32 everywhere."""
+    (qllama files, GGUF types with a table entry: Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K), else DenseLinear.
+    reference=True: float32 everywhere."""
     if len(t.shape) == 1:
         return np.array(t.float32())    # a copy: the forward pass then never touches the file's pages
     if not reference:
@@ -220,7 +221,7 @@ def build_weight(t: SourceTensor, reference: bool):
             if lin.interleaved:     # the kernels read a copy: the file's pages leave this process
                 t.done()
             return lin
-        if t.dtype in BY_GGML_TYPE and t.shape[1] % 32 == 0:
+        if t.dtype in BY_GGML_TYPE:     # the reader checked that rows are whole blocks
             lin = QuantLinear(from_ggml_blocks(t.raw if t.rows is None else t.raw[t.rows], t.shape, BY_GGML_TYPE[t.dtype]))
             t.done()                # the planes are copies of the blocks
             return lin
