@@ -184,6 +184,17 @@ for _f in (f for f in FORMATS.values() if isinstance(f, QuantFormat)):  # checke
     assert _f.bytes_per_group == _f.group_size * _f.bits // 8 + (2 if _f.symmetric else 4), _f.name
 
 
+def nearest_format(bits_per_weight: float):
+    """The table format a type without an entry is requantized into: the fewest bits per weight at
+    or above `bits_per_weight` (ties: a k-quant, whose sub-block scales and mins fit closer, then the
+    table's order), else the most bits the table has."""
+    order = list(FORMATS.values())
+    above = [f for f in order if f.bits_per_weight >= bits_per_weight - 1e-9]
+    if not above:
+        return max(order, key=lambda f: f.bits_per_weight)
+    return min(above, key=lambda f: (f.bits_per_weight, f.kind != "k-quant", order.index(f)))
+
+
 def get_format(name: str, group_size: int | None = None) -> QuantFormat:
     """'q4' + group 64, 'q4_g64', or a ggml name ('q4_0') -> the table entry; a clear error otherwise."""
     key = ALIASES.get(name.lower(), name.lower())

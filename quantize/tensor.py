@@ -110,6 +110,24 @@ def relative_error(q: QuantizedTensor, w: np.ndarray) -> float:
     return float(np.sqrt(err / ref)) if ref > 0 else 0.0
 
 
+REQUANTIZE_ELEMENTS = 1 << 20   # weights decoded to float32 at a time when requantizing at load (4 MiB)
+
+
+def requantize(raw: np.ndarray, order: np.ndarray | None, decode, shape: tuple[int, int], fmt) -> QuantizedTensor:
+    """A matrix stored in an encoding with no table entry -> planes of fmt, a block of rows at a
+    time, never a float32 copy of the whole: raw (out, row bytes) the stored rows, order the row
+    order to apply (or None), decode(stored rows) -> float32 (n, in). Rounding as quantize_ref."""
+    out, n_in = shape
+    planes = {name: np.empty(s, NUMPY[dtype]) for name, (s, dtype) in plane_shapes(fmt, shape).items()}
+    step = max(1, REQUANTIZE_ELEMENTS // n_in)
+    for r in range(0, out, step):
+        rows = raw[r:r + step] if order is None else raw[order[r:r + step]]
+        w = np.asarray(decode(rows), np.float32).reshape(-1, n_in)
+        for name, a in quantize_matrix(w, fmt, search=False).planes.items():
+            planes[name][r:r + len(w)] = a
+    return QuantizedTensor(fmt, shape, planes)
+
+
 def from_ggml_blocks(blocks: np.ndarray, shape: tuple[int, int], fmt) -> QuantizedTensor:
     """A ggml tensor of fmt.ggml_type (rows of blocks) -> planes, bit for bit: each field of every
     block is sliced into its plane (fmt.ggml_fields gives the fields' order)."""
