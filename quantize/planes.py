@@ -41,7 +41,7 @@ def split_ggml_blocks(blocks: np.ndarray, out: int, n_blocks: int, planes: tuple
         part = np.ascontiguousarray(blocks[..., start:start + p.nbytes])
         result[field] = part.view(NUMPY[p.dtype]).reshape(out, n_blocks * p.per_block)
         start += p.nbytes
-    return result
+    return {p.name: result[p.name] for p in planes}      # in the format's order of planes
 
 
 def join_ggml_blocks(planes: dict[str, np.ndarray], n_blocks: int, specs: tuple[Plane, ...],
