@@ -21,11 +21,12 @@ Q4_K_M = {"attn_q": "Q4_K", "attn_k": "Q4_K", "attn_v": "Q6_K", "attn_output": "
 FP16_FIELDS = {"IQ4_XS": (0,), "Q2_K": (80, 82), "Q3_K": (108,), "IQ4_NL": (0,), "IQ2_XXS": (0,)}
 
 
-def shapes() -> dict[str, tuple[int, int]]:
+def shapes(dim=DIM, hidden=HIDDEN, layers=LAYERS, vocab=VOCAB) -> dict[str, tuple[int, int]]:
     """GGUF tensor name -> (rows, row length) of the matrices; every row a multiple of 256."""
-    s = {"token_embd": (VOCAB, DIM), "output": (VOCAB, DIM)}
-    for i in range(LAYERS):
-        s.update({f"blk.{i}.attn_q": (DIM, DIM), f"blk.{i}.attn_k": (DIM // 2, DIM),
+    DIM, HIDDEN = dim, hidden  # noqa: N806
+    s = {"token_embd": (vocab, DIM), "output": (vocab, DIM)}
+    for i in range(layers):
+        s.update({f"blk.{i}.attn_q": (DIM, DIM), f"blk.{i}.attn_k": (DIM // 2, DIM),   # kv heads: half
                   f"blk.{i}.attn_v": (DIM // 2, DIM), f"blk.{i}.attn_output": (DIM, DIM),
                   f"blk.{i}.ffn_gate": (HIDDEN, DIM), f"blk.{i}.ffn_up": (HIDDEN, DIM),
                   f"blk.{i}.ffn_down": (DIM, HIDDEN)})
@@ -57,24 +58,27 @@ def random_blocks(type_name: str, rows: int, cols: int, rng) -> np.ndarray:
         return raw.reshape(rows, -1)
 
 
-def write_model(path, types: dict[str, str] | None = None, seed: int = 0, last: str | None = None) -> None:
+def write_model(path, types: dict[str, str] | None = None, seed: int = 0, last: str | None = None,
+                dim=DIM, hidden=HIDDEN, layers=LAYERS, vocab=VOCAB) -> None:
     """A random LLaMA GGUF: types maps a tensor kind (attn_q, ffn_down, token_embd, ...) to a GGML
-    type name (default Q4_K_M's); norms are F32. last: the GGUF name of a tensor to write last."""
+    type name (default Q4_K_M's); norms are F32. last: the GGUF name of a tensor to write last.
+    dim, hidden, layers, vocab: a larger model for benches (heads of 64)."""
     types = {**Q4_K_M, **(types or {})}
     rng = np.random.default_rng(seed)
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_context_length(256)
-    w.add_embedding_length(DIM)
-    w.add_feed_forward_length(HIDDEN)
-    w.add_block_count(LAYERS)
-    w.add_head_count(HEADS)
-    w.add_head_count_kv(KV_HEADS)
+    heads = dim // 64
+    w.add_embedding_length(dim)
+    w.add_feed_forward_length(hidden)
+    w.add_block_count(layers)
+    w.add_head_count(heads)
+    w.add_head_count_kv(heads // 2)
     w.add_layer_norm_rms_eps(1e-5)
-    w.add_rope_dimension_count(DIM // HEADS)
-    norms = ["output_norm"] + [f"blk.{i}.{n}" for i in range(LAYERS) for n in ("attn_norm", "ffn_norm")]
+    w.add_rope_dimension_count(64)
+    norms = ["output_norm"] + [f"blk.{i}.{n}" for i in range(layers) for n in ("attn_norm", "ffn_norm")]
     for name in norms:
-        w.add_tensor(f"{name}.weight", (1 + 0.1 * rng.standard_normal(DIM)).astype(np.float32))
-    matrices = shapes()
+        w.add_tensor(f"{name}.weight", (1 + 0.1 * rng.standard_normal(dim)).astype(np.float32))
+    matrices = shapes(dim, hidden, layers, vocab)
     names = sorted(matrices, key=lambda name: name == last)
     for name in names:
         rows, cols = matrices[name]
