@@ -24,8 +24,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .vector_ir import (AVX512, F32, I8, I16, I32, I64, OFFSET, PATHS, PORTABLE, _const, _half_to_float, _load_vec,
-                        _splat, _vec, best_path, host_features, unpack_variant)
+from .vector_ir import (AVX512, F32, I8, I16, I32, I64, PATHS, PORTABLE, _const, _half_to_float, _load_vec, _splat,
+                        _vec, best_path, host_features, unpack_variant)
 
 ROWS = 8
 BIAS_8BIT = 128                   # 8-bit codes are stored + 128: vpdpbusd multiplies unsigned by signed
@@ -157,7 +157,7 @@ def block_dot(n_tokens: int):
     """A Numba intrinsic  f(qweight, scales, mins, block, xq, xd, xsum, token, out, variant)  that
     writes out[token + t, 8 * block + r] = (row 8 * block + r of W) . (token + t of x), r < 8,
     t < n_tokens, for planes whose 8-row blocks are interleaved (layout.interleave); the variant
-    (vector_ir.variant of a 4-bit format, a compile-time literal) picks group, mins and path.
+    (vector_ir.variant of a group-wise format, a compile-time literal) picks format and path.
     Arrays as vector_ir.tile_dot's."""
     features = host_features()
     best = best_path(features)
@@ -167,7 +167,8 @@ def block_dot(n_tokens: int):
     def dot(typingctx, qweight, scales, mins, block, xq, xd, xsum, token, out, variant_id):
         if not isinstance(variant_id, types.IntegerLiteral):
             return None
-        bits, group, has_mins, path = unpack_variant(variant_id.literal_value)
+        fmt, path = unpack_variant(variant_id.literal_value)
+        bits, group, has_mins = fmt.bits, fmt.group_size, not fmt.symmetric
         emitted = min(path, best if "avx512vl" in features else min(best, AVX512 - 1))
         name = f"qllama_block_dot_{n_tokens}_{bits}_{group}_{int(has_mins)}_{PATHS[emitted]}_{int(exact_half)}"
         sig = types.void(qweight, scales, mins, block, xq, xd, xsum, token, out, variant_id)
@@ -184,7 +185,7 @@ def block_dot(n_tokens: int):
             def at(arr, elt, index):
                 return b.gep(b.bitcast(arr.data, elt.as_pointer()), [index])
             fn = b.module.globals.get(name) or define_block_dot(
-                b.module, name, n_tokens, bits, group, has_mins, BIASED_OFFSET.get(bits, OFFSET[bits, has_mins]),
+                b.module, name, n_tokens, bits, group, has_mins, BIASED_OFFSET.get(bits, fmt.family.offset),
                 emitted, exact_half)
             b.call(fn, [
                 at(qwa, I8, b.mul(row, w_stride)), at(sca, I16, b.mul(row, s_stride)),

@@ -2,7 +2,8 @@
 
 Numba keys a cached function by its own file's timestamp, but these kernels inline LLVM IR written
 in vector_ir.py, so an edited vector_ir.py would leave stale machine code in the cache of every
-file that uses it. The cache therefore lives in a folder named by a hash of all kernels/*.py
+file that uses it. The cache therefore lives in a folder named by a hash of all kernels/*.py and
+the format table's files
 (under qllama's cache folder, so a read-only install still caches). A folder that cannot be made
 falls back to Numba's usual places. `is_cached` asks that cache whether a kernel is compiled yet
 (kernels/warmup.py: the compile message, and the worker processes that fill the cache).
@@ -18,8 +19,11 @@ import numba
 import numba.core.config
 
 from ..paths import cache_dir
+from ..quantize import formats, kquants, planes
 
-SOURCE_HASH = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(Path(__file__).parent.glob("*.py")))).hexdigest()
+# the kernels' sources and the format table, whose order numbers the kernels (vector_ir.variant)
+_SOURCES = sorted(Path(__file__).parent.glob("*.py")) + [Path(m.__file__) for m in (formats, kquants, planes)]
+SOURCE_HASH = hashlib.sha256(b"".join(p.read_bytes() for p in _SOURCES)).hexdigest()
 
 
 @contextmanager

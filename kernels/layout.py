@@ -7,9 +7,37 @@ are, so the same arrays serve the interleaved kernel (whole blocks) and the per-
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
 
 ROWS = 8
+
+
+@dataclass
+class Prepared:
+    """A matrix's planes as one kernels module (matmul.py, kquant.py) lays them out for its kernel."""
+    planes: tuple            # the kernel's plane arguments, in its order
+    matmul: Callable         # matmul(*planes, xq, xd, xsum, out): out (tokens, out_rows)
+    out_rows: int            # rows the kernel writes: the matrix's, or padded to whole blocks
+    interleaved: bool
+    variant: int             # vector_ir.variant: format and path
+
+
+def interleave_bytes(plane: np.ndarray, block_bytes: int, chunk: int) -> np.ndarray:
+    """(rows, n_blocks * block_bytes) uint8, rows a multiple of 8 -> a new array, same shape: per
+    block of eight rows and per format block, each `chunk` bytes of the eight rows in turn."""
+    rows, width = plane.shape
+    blocks = plane.reshape(rows // ROWS, ROWS, width // block_bytes, block_bytes // chunk, chunk)
+    return np.ascontiguousarray(blocks.transpose(0, 2, 3, 1, 4)).reshape(rows, width)
+
+
+def row_bytes(plane: np.ndarray, block_bytes: int, chunk: int, r: int) -> np.ndarray:
+    """Row r of a plane interleaved by interleave_bytes, in the file's layout."""
+    b, i = divmod(r, ROWS)
+    block = plane[b * ROWS:(b + 1) * ROWS].reshape(-1, block_bytes // chunk, ROWS, chunk)
+    return np.ascontiguousarray(block[:, :, i, :]).reshape(-1)
 
 
 def whole_rows(a: np.ndarray) -> int:

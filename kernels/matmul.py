@@ -20,10 +20,13 @@ import functools
 import numba as nb
 import numpy as np
 
+from . import layout
 from .interleaved_ir import BIAS_8BIT, block_dot
-from .layout import ROWS as BLOCK, whole_rows
+from .layout import ROWS as BLOCK, Prepared, whole_rows
 from .jit import by_rows, kernel
-from .vector_ir import AVX2, AVX512, half_to_float, tile_dot, unpack_variant
+from .vector_ir import AVX2, AVX512, half_to_float, tile_dot, unpack_variant, variant
+
+NO_MINS = np.empty((0, 0), np.uint16)   # the mins argument of symmetric formats
 
 ROWS, TOKENS = 4, 4                 # the tile; its tails run as single rows / single tokens
 _dot_rt, _dot_r1, _dot_1t, _dot_11 = tile_dot(ROWS, TOKENS), tile_dot(ROWS, 1), tile_dot(1, TOKENS), tile_dot(1, 1)
@@ -73,11 +76,11 @@ def _quantize_parallel(x, group, xq, xd, xsum):
 quantize_activations = by_rows(_quantize_serial, _quantize_parallel)
 
 
-def interleaves(bits: int, path: int) -> bool:
+def interleaves(fmt, path: int) -> bool:
     """Whether the kernel of this format and path reads 8-row interleaved planes (layout.py): all
     4-bit ones, and 8-bit ones except on avx2 (vpmaddubsw cannot take 8-bit codes made unsigned,
     and the sign trick of the row tiles costs what interleaving saves)."""
-    return bits == 4 or path != AVX2
+    return fmt.bits == 4 or path != AVX2
 
 
 def bias_codes(codes: np.ndarray) -> np.ndarray:
@@ -86,17 +89,63 @@ def bias_codes(codes: np.ndarray) -> np.ndarray:
     return codes
 
 
+def prepare(q, path: int) -> Prepared:
+    """A group-wise format's planes (quantize/tensor.QuantizedTensor) -> the arrays and kernel that
+    multiply them: interleaved copies where interleaves() says so, else the planes as they are."""
+    fmt = q.fmt
+    qweight = np.ascontiguousarray(q.qweight)
+    scales = np.ascontiguousarray(q.scales).view(np.uint16)     # fp16 bits, read by the kernels
+    mins = NO_MINS if q.mins is None else np.ascontiguousarray(q.mins).view(np.uint16)
+    interleaved = interleaves(fmt, path)
+    if interleaved:
+        qweight = layout.interleave_codes(qweight, fmt.qbytes_per_group)
+        if fmt.bits == 8:
+            bias_codes(qweight)
+        scales = layout.interleave_groups(scales)
+        mins = mins if q.mins is None else layout.interleave_groups(mins)
+    elif path == AVX512 and fmt.group_size == 32 and scales.shape[1] % 2:
+        path = AVX2                 # the avx512 row-tile kernel takes groups of 32 in pairs
+    v = variant(fmt, path)
+    return Prepared((qweight, scales, mins), matmul_kernel(v), q.shape[0], interleaved, v)
+
+
+def dequantize_rows(lin, ids) -> np.ndarray:
+    """Rows ids of a QuantLinear of a group-wise format -> (len(ids), in_padded) float32."""
+    qweight, scales, mins = lin.planes
+    fmt = lin.fmt
+    bits, offset = fmt.bits, fmt.family.offset
+    out = np.empty((len(ids), lin.in_padded), np.float32)
+    for i, r in enumerate(ids):
+        r = int(r)
+        if lin.interleaved:        # the row gathered back into the file's layout
+            codes = layout.row_codes(qweight, fmt.qbytes_per_group, r)[None]
+            if bits == 8 and r < layout.whole_rows(qweight):
+                codes ^= np.uint8(BIAS_8BIT)
+            row_mins = mins if mins is NO_MINS else layout.row_groups(mins, r)[None]
+            dequantize(codes, layout.row_groups(scales, r)[None], row_mins, bits, offset, 0, 1, out[i:i + 1])
+        else:
+            dequantize(qweight, scales, mins, bits, offset, r, r + 1, out[i:i + 1])
+    return out
+
+
+def row_kernels(lin, typeof) -> list:
+    """What dequantize_rows compiles, for kernels/warmup.py: [(kernel reference, argument types)]."""
+    fmt = lin.fmt
+    ints = (typeof(fmt.bits), typeof(fmt.family.offset), nb.int64, nb.int64)
+    return [(("qllama.kernels.matmul", "dequantize", None), (*map(typeof, lin.planes), *ints, typeof(np.empty((1, 1), np.float32))))]
+
+
 @functools.cache
 def matmul_kernel(variant: int):
     """The compiled matmul for one format and path (vector_ir.variant()), reading planes as
     interleaves() says (8-bit interleaved codes biased by bias_codes)."""
-    bits, _, _, path = unpack_variant(variant)
-    return _interleaved_kernel(variant) if interleaves(bits, path) else _row_tile_kernel(variant)
+    fmt, path = unpack_variant(variant)
+    return _interleaved_kernel(variant) if interleaves(fmt, path) else _row_tile_kernel(variant)
 
 
 def _interleaved_kernel(variant: int):
     # rows after the last whole block: the row-tile intrinsic, avx2 for avx512 (which takes groups in pairs)
-    tail = variant - 1 if unpack_variant(variant)[3] == AVX512 else variant
+    tail = variant - 1 if unpack_variant(variant)[1] == AVX512 else variant
 
     @kernel(parallel=True)
     def matmul(qweight, scales, mins, xq, xd, xsum, out):

@@ -8,7 +8,8 @@ as ggml's kernels do; the horizontal sum happens once per row. `tile_dot(R, T)` 
 that does R rows times T tokens at once, for every format: each weight load serves T tokens and
 each activation load R rows (prefill's GEMM is these tiles; decode's GEMV has T = 1).
 
-Three paths to the integer products, all compiled, picked at run time by `variant()`:
+Three paths to the integer products, all compiled, picked at run time by `variant()` (a format of
+the FORMATS table and a path):
 - portable: widen to i16, multiply, add neighbouring pairs into i32; 8 float lanes. Any CPU that
   LLVM targets (ARM too).
 - avx2: `vpmaddubsw` (u8 x s8 -> i16 pairs) then `vpmaddwd` (i16 pairs -> i32); 8 lanes.
@@ -28,6 +29,8 @@ from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from ..quantize.formats import FORMATS
 
 I8, I16, I32, I64, F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.FloatType()
 
@@ -140,6 +143,7 @@ def _hsum(b, v):
 
 PORTABLE, AVX2, AVX512 = 0, 1, 2
 PATHS = ("portable", "avx2", "avx512")
+FORMAT_LIST = list(FORMATS.values())
 
 
 def _define_tile_dot(module, name, n_rows, n_tokens, bits, group, has_mins, offset, path, exact_half):
@@ -275,11 +279,6 @@ def _int_dot(b, w, x, bits, path, unsigned_q8):
     return _int_dot_s8s8_x86(b, w, x) if path == AVX2 else _int_dot_s8s8_portable(b, w, x)
 
 
-# every (bits, group size, has mins) a format of quantize/formats.py can have
-SHAPES = [(bits, group, mins) for bits, mins in ((8, False), (4, False), (4, True)) for group in (32, 64, 128)]
-OFFSET = {(8, False): 0, (4, False): 8, (4, True): 0}    # stored code = level + offset (symmetric)
-
-
 def best_path(features: set[str] | None = None) -> int:
     """The fastest path this CPU has."""
     features = host_features() if features is None else features
@@ -288,15 +287,16 @@ def best_path(features: set[str] | None = None) -> int:
     return AVX2 if "avx2" in features else PORTABLE
 
 
-def variant(bits: int, group: int, has_mins: bool, path: int) -> int:
-    """The number that picks a kernel at run time: the shape's index, times three, plus the path."""
-    return len(PATHS) * SHAPES.index((bits, group, has_mins)) + path
+def variant(fmt, path: int) -> int:
+    """The number that picks a kernel at run time: the format's place in the FORMATS table, times
+    three, plus the path. (jit.py keys the on-disk cache by the table's source too, so a number
+    never finds another format's machine code.)"""
+    return len(PATHS) * FORMAT_LIST.index(fmt) + path
 
 
-def unpack_variant(number: int) -> tuple[int, int, bool, int]:
-    """variant() backwards: (bits, group, has_mins, path)."""
-    bits, group, mins = SHAPES[number // len(PATHS)]
-    return bits, group, mins, number % len(PATHS)
+def unpack_variant(number: int):
+    """variant() backwards: (format, path)."""
+    return FORMAT_LIST[number // len(PATHS)], number % len(PATHS)
 
 
 def tile_dot(n_rows: int, n_tokens: int):
@@ -315,7 +315,8 @@ def tile_dot(n_rows: int, n_tokens: int):
     def dot(typingctx, qweight, scales, mins, row, xq, xd, xsum, token, out, variant_id):
         if not isinstance(variant_id, types.IntegerLiteral):
             return None
-        bits, group, has_mins, path = unpack_variant(variant_id.literal_value)
+        fmt, path = unpack_variant(variant_id.literal_value)
+        bits, group, has_mins = fmt.bits, fmt.group_size, not fmt.symmetric
         emitted = min(path, best)                  # a path the host lacks: the next one down
         name = f"qllama_tile_dot_{n_rows}x{n_tokens}_{bits}_{group}_{int(has_mins)}_{PATHS[emitted]}_{int(exact_half)}"
         sig = types.void(qweight, scales, mins, row, xq, xd, xsum, token, out, variant_id)
@@ -332,7 +333,7 @@ def tile_dot(n_rows: int, n_tokens: int):
             def at(arr, elt, index):
                 return b.gep(b.bitcast(arr.data, elt.as_pointer()), [index])
             fn = b.module.globals.get(name) or _define_tile_dot(
-                b.module, name, n_rows, n_tokens, bits, group, has_mins, OFFSET[bits, has_mins], emitted, exact_half)
+                b.module, name, n_rows, n_tokens, bits, group, has_mins, fmt.family.offset, emitted, exact_half)
             b.call(fn, [
                 at(qwa, I8, b.mul(r, w_stride)), w_stride, at(sca, I16, b.mul(r, s_stride)),
                 at(mna, I16, b.mul(r, s_stride)), s_stride, at(xqa, I8, b.mul(tok, xq_stride)), xq_stride,

@@ -24,11 +24,9 @@ import numba
 import numpy as np
 from numba.core import event
 
-from ..linear import NO_MINS, QuantLinear
+from ..linear import QuantLinear
 from ..progress import Progress
 from .jit import is_cached
-from .matmul import matmul_kernel
-from .vector_ir import PATHS, variant
 
 MESSAGE = "compiling kernels for this CPU (first run only)..."
 # attention (two kernels of ~4 s each) compiles about as long as all the others together (bench/RESULTS.md):
@@ -50,13 +48,6 @@ def _array(dtype, ndim: int):
     return numba.typeof(np.empty((1,) * ndim, dtype))
 
 
-def _matmul_variant(lin: QuantLinear) -> int:
-    """The variant whose kernel lin multiplies with (QuantLinear chose the path)."""
-    has_mins = lin.mins is not NO_MINS
-    return next(v for v in (variant(lin.bits, lin.group, has_mins, p) for p in reversed(range(len(PATHS))))
-                if matmul_kernel(v) is lin.matmul)
-
-
 def kernel_plan(model) -> list[list[tuple[tuple, tuple]]]:
     """Groups of (kernel reference, argument types) that model's forward pass calls, as the wrappers
     call them (kernels/elementwise.py, attention via model.attend_kernel, QuantLinear); one group per
@@ -70,19 +61,20 @@ def kernel_plan(model) -> list[list[tuple[tuple, tuple]]]:
     groups = [[(("qllama.kernels.attention", name, None), attend)] for name in ("_decode", "_prefill")]
     quant = {id(w): w for w in model.weights.values() if isinstance(w, QuantLinear)}.values()
     if quant:
-        mm = "qllama.kernels.matmul"
-        planes = {(_matmul_variant(w), typeof(w.qweight), typeof(w.scales), typeof(w.mins)) for w in quant}
+        planes = {(w.fmt.kernel, w.variant, *map(typeof, w.planes)) for w in quant}
         matmuls = {}            # a format's kernel, one group for all its signatures (read-only planes too)
-        for v, *types in sorted(planes, key=str):
-            matmuls.setdefault(v, []).append(((mm, "matmul_kernel", (v,)), (*types, i8_2, f32_2, f32_2, f32_2)))
+        for module, v, *types in sorted(planes, key=str):
+            ref = (f"qllama.kernels.{module}", "matmul_kernel", (v,))
+            matmuls.setdefault(v, []).append((ref, (*types, i8_2, f32_2, f32_2, f32_2)))
         groups += matmuls.values()
-        xq = (f32_2, typeof(next(iter(quant)).group), i8_2, f32_2, f32_2)
+        mm = "qllama.kernels.matmul"
+        xq = (f32_2, typeof(next(iter(quant)).act_group), i8_2, f32_2, f32_2)   # one signature for every group size
         groups.append([((mm, "_quantize_serial", None), xq), ((mm, "_quantize_parallel", None), xq)])
         embed = model.weights["model.embed_tokens.weight"]
         if isinstance(embed, QuantLinear):      # rows looked up by dequantizing them
-            ints = (typeof(embed.bits), typeof(embed.offset), numba.int64, numba.int64)
-            groups.append([((mm, "dequantize", None),
-                            (typeof(embed.qweight), typeof(embed.scales), typeof(embed.mins), *ints, f32_2))])
+            rows = embed.kernels.row_kernels(embed, typeof)
+            if rows:
+                groups.append(rows)
     ew = "qllama.kernels.elementwise"
     norm = (f32_2, typeof(model.weights["model.norm.weight"]), numba.float32, f32_2)
     rope = (f32_3, f32_2, f32_2, f32_3)             # cos, sin: fresh (n, head_dim/2) arrays

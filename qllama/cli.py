@@ -243,8 +243,8 @@ def list_formats(ctx, _param, value):
     aliases = {v: k for k, v in ALIASES.items()}
     click.echo(f"{'format':10s} {'bits':>4s} {'group':>5s} {'kind':10s} {'bits/weight':>11s}  ggml")
     for f in FORMATS.values():
-        kind = "symmetric" if f.symmetric else "asymmetric"
-        click.echo(f"{f.name:10s} {f.bits:4d} {f.group_size:5d} {kind:10s} {f.bits_per_weight:11.3f}  {aliases.get(f.name, '')}")
+        ggml = aliases.get(f.name, f.ggml_type if f.kind == "k-quant" else "")
+        click.echo(f"{f.name:10s} {f.bits:4d} {f.group_size:5d} {f.kind:10s} {f.bits_per_weight:11.3f}  {ggml}")
     ctx.exit()
 
 

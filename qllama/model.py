@@ -7,6 +7,7 @@ rmsnorm -> SwiGLU -> w2 + residual -> final norm -> logits.
 """
 from __future__ import annotations
 
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Callable
@@ -23,12 +24,13 @@ from .kernels import elementwise
 from .kernels.attention import attention as attention_kernel
 from .kernels.warmup import prepare_kernels
 from .linear import DenseLinear, QuantLinear, stacked
-from .quantize.formats import BY_GGML_TYPE
-from .quantize.tensor import from_ggml_blocks
+from .quantize.formats import BY_GGML_TYPE, nearest_format
+from .quantize.tensor import from_ggml_blocks, requantize
 from .rope import apply_rope, inverse_frequencies, rope_at
 from .session import Session
 
 KV_DTYPES = {"f16": np.float16, "f32": np.float32}
+FLOAT_TYPES = ("F32", "F16", "BF16", "F64")   # stored as floats: DenseLinear
 DEFAULT_CTX = 4096  # like llama.cpp: a long-context model gets this unless asked for more
 
 
@@ -174,7 +176,12 @@ class Model(TextAPI):
         if kv_dtype not in KV_DTYPES:
             raise QllamaError(f"KV cache type {kv_dtype!r} is not one of {', '.join(KV_DTYPES)}")
         self.kv_dtype = KV_DTYPES[kv_dtype]
-        self.weights = {name: build_weight(t, reference) for name, t in checkpoint.tensors.items()}
+        requantized = {}
+        self.weights = {name: build_weight(t, reference, requantized) for name, t in checkpoint.tensors.items()}
+        if requantized:
+            print(f"qllama: {checkpoint.path.name}: no kernels for " + ", ".join(
+                f"{source} ({n} tensors, requantized to {target})" for (source, target), n in requantized.items())
+                + " at load", file=sys.stderr)
         for i in range(self.args.n_layers):
             for names, fused_name in STACKED.items():
                 prefix = f"model.layers.{i}."
@@ -259,9 +266,12 @@ class Model(TextAPI):
         return self.session.generate(prompt, **kwargs)
 
 
-def build_weight(t: SourceTensor, reference: bool):
+def build_weight(t: SourceTensor, reference: bool, requantized: dict | None = None):
     """Vectors -> float32 arrays; matrices -> QuantLinear over their planes when the source has them
-    (qllama files, GGUF Q8_0/Q4_0/Q4_1), else DenseLinear. reference=True: float32 everywhere."""
+    (qllama files, GGUF types with a table entry: Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K); other quantized
+    GGUF types requantized, a block of rows at a time, into the nearest table format at or above
+    their bits per weight (counted in `requantized`: (type, format) -> tensors); float matrices
+    DenseLinear. reference=True: float32 everywhere."""
     if len(t.shape) == 1:
         return np.array(t.float32())    # a copy: the forward pass then never touches the file's pages
     if not reference:
@@ -270,11 +280,24 @@ def build_weight(t: SourceTensor, reference: bool):
             if lin.interleaved:     # the kernels read a copy: the file's pages leave this process
                 t.done()
             return lin
-        if t.dtype in BY_GGML_TYPE and t.shape[1] % 32 == 0:
+        if t.dtype in BY_GGML_TYPE:     # the reader checked that rows are whole blocks
             lin = QuantLinear(from_ggml_blocks(t.raw if t.rows is None else t.raw[t.rows], t.shape, BY_GGML_TYPE[t.dtype]))
             t.done()                # the planes are copies of the blocks
             return lin
+        if t.dtype not in FLOAT_TYPES:
+            fmt = nearest_format(ggml_bits_per_weight(t.dtype))
+            lin = QuantLinear(requantize(t.raw, t.rows, t.decode, t.shape, fmt))
+            t.done()
+            if requantized is not None:
+                requantized[t.dtype, fmt.name] = requantized.get((t.dtype, fmt.name), 0) + 1
+            return lin
     return DenseLinear(t.float32())
+
+
+def ggml_bits_per_weight(type_name: str) -> float:
+    import gguf
+    block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[type_name]]
+    return 8 * size / block
 
 
 def load(path, ctx: int | None = None, tokenizer=None, reference: bool = False, kv_dtype: str | None = None,

@@ -162,14 +162,14 @@ def convert_checkpoint(ckpt: Checkpoint, output, fmt: QuantFormat, embed_fmt: Qu
                     t.done()
                     continue
                 how = how if search else "absmax"
-                if name in moments and search:
+                if name in moments and search and tfmt.searchable:
                     how = "gptq"
                     q = gptq_quantize(w, tfmt, moments[name])
                 else:
                     q = quantize_matrix(w, tfmt, None, search)
                 reports.append(TensorReport(name, tfmt.name, how, 8 * q.nbytes / w.size, relative_error(q, w), w.size))
-            for plane, array in q.planes().items():
-                writer.write(f"{name}.{plane}", array)
+            for plane in tfmt.planes:            # in the layout's order
+                writer.write(f"{name}.{plane.name}", q.planes[plane.name])
             t.done()
             del q  # free this tensor before the next is decoded: peak memory stays one tensor
             w = None

@@ -1,6 +1,11 @@
 """The one table of quant formats (ggml's type_traits, in Python).
 
-Every format is group-wise along the input dimension: a row of `in` weights is cut into groups of
+Two kinds of entries: the group-wise formats below (q8, q4, q4a at groups 32, 64, 128), and ggml's
+k-quants Q4_K, Q5_K, Q6_K (quantize/kquants.py: super-blocks of 256 with sub-block scales). Each
+entry lists its planes (quantize/planes.py), the order of its fields in ggml's block, its numpy
+references, the kernels module that multiplies it and its tolerance.
+
+Every group-wise format is group-wise along the input dimension: a row of `in` weights is cut into groups of
 `group_size`; each group has an fp16 scale (and an fp16 min if asymmetric) and `bits`-bit codes.
 Stored as planes, per matrix of shape (out, in) with n_groups = ceil(in / group_size):
 
@@ -25,6 +30,8 @@ from typing import Callable
 import numpy as np
 
 from ..errors import QllamaError
+from .kquants import KQUANTS, KQuantFormat
+from .planes import Plane
 
 GROUP_SIZES = (32, 64, 128)
 
@@ -73,9 +80,31 @@ class QuantFormat:
     ggml_type: str | None        # the GGUF type with the identical layout, if any
     tolerance: float             # max relative RMS round-trip error on N(0, 1) weights (tests)
 
+    kernel: str = "matmul"       # the kernels module (qllama.kernels.<kernel>) that multiplies it
+    searchable: bool = True      # quantize/search.py finds its scales
+
     @property
     def bits(self) -> int:
         return self.family.bits
+
+    @property
+    def act_group(self) -> int:
+        """Weights per activation scale: the kernels quantize activations to int8 per group."""
+        return self.group_size
+
+    @property
+    def kind(self) -> str:
+        return "symmetric" if self.symmetric else "asymmetric"
+
+    @property
+    def planes(self) -> tuple[Plane, ...]:
+        planes = (Plane("qweight", "U8", self.qbytes_per_group, 4), Plane("scales", "F16", 1, 2))
+        return planes if self.symmetric else planes + (Plane("mins", "F16", 1, 2),)
+
+    @property
+    def ggml_fields(self) -> tuple[str, ...]:
+        """The planes in the order of ggml's block fields (block_q8_0, block_q4_0, block_q4_1)."""
+        return ("scales", "qweight") if self.symmetric else ("scales", "mins", "qweight")
 
     @property
     def symmetric(self) -> bool:
@@ -119,6 +148,12 @@ class QuantFormat:
         x = levels.astype(np.float32) * d[:, None].astype(np.float32)
         return x if m is None else x + m[:, None].astype(np.float32)
 
+    def dequantize_planes(self, planes: dict[str, np.ndarray]) -> np.ndarray:
+        """{plane: (n, per_block)} of n groups -> (n, G) float32."""
+        m = planes.get("mins")
+        return self.dequantize_ref(self.unpack(planes["qweight"]), planes["scales"].reshape(-1).astype(np.float32),
+                                   None if m is None else m.reshape(-1).astype(np.float32))
+
     def pack(self, levels: np.ndarray) -> np.ndarray:
         """(n, G) levels -> (n, qbytes_per_group) uint8 codes."""
         return self.family.pack(levels + self.family.offset)
@@ -136,15 +171,28 @@ def _table() -> dict[str, QuantFormat]:
         for g in GROUP_SIZES:
             name = f"{family.name}_g{g}"
             table[name] = QuantFormat(name, family, g, ggml.get((family.name, g)), tolerance[family.name])
+    table.update({f.name: f for f in KQUANTS})
     return table
 
 
-FORMATS: dict[str, QuantFormat] = _table()
+FORMATS: dict[str, QuantFormat | KQuantFormat] = _table()
 ALIASES = {"q8_0": "q8_g32", "q4_0": "q4_g32", "q4_1": "q4a_g32"}   # ggml's names for the same layouts
 BY_GGML_TYPE = {f.ggml_type: f for f in FORMATS.values() if f.ggml_type}
 
-for _f in FORMATS.values():  # the layout's size, checked once like ggml's static_assert on block sizes
+for _f in (f for f in FORMATS.values() if isinstance(f, QuantFormat)):  # checked once, like ggml's static_assert
+    assert sum(p.nbytes for p in _f.planes) == _f.bytes_per_group, _f.name
     assert _f.bytes_per_group == _f.group_size * _f.bits // 8 + (2 if _f.symmetric else 4), _f.name
+
+
+def nearest_format(bits_per_weight: float):
+    """The table format a type without an entry is requantized into: the fewest bits per weight at
+    or above `bits_per_weight` (ties: a k-quant, whose sub-block scales and mins fit closer, then the
+    table's order), else the most bits the table has."""
+    order = list(FORMATS.values())
+    above = [f for f in order if f.bits_per_weight >= bits_per_weight - 1e-9]
+    if not above:
+        return max(order, key=lambda f: f.bits_per_weight)
+    return min(above, key=lambda f: (f.bits_per_weight, f.kind != "k-quant", order.index(f)))
 
 
 def get_format(name: str, group_size: int | None = None) -> QuantFormat:
@@ -154,7 +202,7 @@ def get_format(name: str, group_size: int | None = None) -> QuantFormat:
         if group_size is not None and group_size != FORMATS[key].group_size:
             raise QllamaError(f"format {name} has group size {FORMATS[key].group_size}, not {group_size}")
         return FORMATS[key]
-    families = sorted({f.family.name for f in FORMATS.values()})
+    families = sorted({f.family.name for f in FORMATS.values() if isinstance(f, QuantFormat)})
     if key not in families:
         raise QllamaError(f"unknown format {name!r} (known: {', '.join(families)}, {', '.join(FORMATS)}, "
                           f"{', '.join(ALIASES)})")

@@ -66,5 +66,7 @@ def gptq_quantize(w: np.ndarray, fmt: QuantFormat, h: np.ndarray) -> QuantizedTe
             errors[:, i] = err
         work[:, b1:] -= errors @ hinv[b0:b1, b1:]
     qweight = fmt.pack(levels.reshape(-1, g)).reshape(out, -1)
-    return QuantizedTensor(fmt, (out, n_in), qweight, scales.astype(np.float16),
-                           None if fmt.symmetric else mins.astype(np.float16))
+    planes = {"qweight": qweight, "scales": scales.astype(np.float16)}
+    if not fmt.symmetric:
+        planes["mins"] = mins.astype(np.float16)
+    return QuantizedTensor(fmt, (out, n_in), planes)

@@ -11,83 +11,93 @@ from dataclasses import dataclass
 import numpy as np
 
 from .formats import QuantFormat
+from .kquants import KQuantFormat
+from .planes import NUMPY, split_ggml_blocks
 from .search import search_quantize
 
 
 @dataclass
 class QuantizedTensor:
-    fmt: QuantFormat
+    fmt: QuantFormat | KQuantFormat
     shape: tuple[int, int]          # (out, in) of the original matrix
-    qweight: np.ndarray             # uint8 (out, n_groups * qbytes_per_group)
-    scales: np.ndarray              # float16 (out, n_groups)
-    mins: np.ndarray | None         # float16 (out, n_groups), asymmetric formats only
+    planes: dict[str, np.ndarray]   # plane name -> (out, n_groups * per_block), as fmt.planes lists
 
     @property
     def n_groups(self) -> int:
         return -(-self.shape[1] // self.fmt.group_size)
 
     @property
-    def nbytes(self) -> int:
-        return self.qweight.nbytes + self.scales.nbytes + (self.mins.nbytes if self.mins is not None else 0)
+    def qweight(self) -> np.ndarray:
+        return self.planes["qweight"]
 
-    def planes(self) -> dict[str, np.ndarray]:
-        planes = {"qweight": self.qweight, "scales": self.scales}
-        if self.mins is not None:
-            planes["mins"] = self.mins
-        return planes
+    @property
+    def scales(self) -> np.ndarray:
+        return self.planes["scales"]
+
+    @property
+    def mins(self) -> np.ndarray | None:
+        return self.planes.get("mins")
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.planes.values())
+
+    def rows(self, r0: int, r1: int) -> "QuantizedTensor":
+        """Rows r0..r1 (views)."""
+        return QuantizedTensor(self.fmt, (min(r1, self.shape[0]) - r0, self.shape[1]),
+                               {k: v[r0:r1] for k, v in self.planes.items()})
 
     def dequantize(self) -> np.ndarray:
         """float32 (out, in) through the table's reference."""
         out, n_in = self.shape
-        g = self.fmt.group_size
-        codes = self.qweight.reshape(out * self.n_groups, self.fmt.qbytes_per_group)
-        mins = None if self.mins is None else self.mins.reshape(-1).astype(np.float32)
-        x = self.fmt.dequantize_ref(self.fmt.unpack(codes), self.scales.reshape(-1).astype(np.float32), mins)
-        return x.reshape(out, self.n_groups * g)[:, :n_in]
+        blocks = {p.name: np.ascontiguousarray(self.planes[p.name]).reshape(out * self.n_groups, p.per_block)
+                  for p in self.fmt.planes}
+        x = self.fmt.dequantize_planes(blocks)
+        return x.reshape(out, self.n_groups * self.fmt.group_size)[:, :n_in]
 
 
-def plane_shapes(fmt: QuantFormat, shape: tuple[int, int]) -> dict[str, tuple[tuple[int, int], str]]:
+def plane_shapes(fmt, shape: tuple[int, int]) -> dict[str, tuple[tuple[int, int], str]]:
     """Plane name -> (shape, safetensors dtype), known before quantizing (the writer needs it up front)."""
     out, n_in = shape
     n_groups = -(-n_in // fmt.group_size)
-    planes = {"qweight": ((out, n_groups * fmt.qbytes_per_group), "U8"), "scales": ((out, n_groups), "F16")}
-    if not fmt.symmetric:
-        planes["mins"] = ((out, n_groups), "F16")
-    return planes
+    return {p.name: ((out, n_groups * p.per_block), p.dtype) for p in fmt.planes}
 
 
 CHUNK_ELEMENTS = 1 << 22  # rows are quantized in chunks of about this many weights to bound memory
 
 
-def quantize_matrix(w: np.ndarray, fmt: QuantFormat, importance: np.ndarray | None = None,
+def quantize_matrix(w: np.ndarray, fmt, importance: np.ndarray | None = None,
                     search: bool = True) -> QuantizedTensor:
     """w (out, in) float32 -> planes. importance (in,): weight of each input column's squared error
-    (an imatrix); None weighs all equally. search=False gives ggml's absmax rounding."""
+    (an imatrix); None weighs all equally. search=False gives ggml's absmax rounding. A format
+    without a search (the k-quants) takes its quantize_ref and ignores importance."""
     out, n_in = w.shape
     g = fmt.group_size
     pad = -n_in % g
     n_groups = (n_in + pad) // g
     col_weight = np.ones(n_in, np.float32) if importance is None else importance.astype(np.float32)
     col_weight = np.pad(col_weight, (0, pad))  # padding counts for nothing
-    qweight = np.empty((out, n_groups * fmt.qbytes_per_group), np.uint8)
-    scales = np.empty((out, n_groups), np.float16)
-    mins = None if fmt.symmetric else np.empty((out, n_groups), np.float16)
+    planes = {name: np.empty(s, NUMPY[dtype]) for name, (s, dtype) in plane_shapes(fmt, w.shape).items()}
     step = max(1, CHUNK_ELEMENTS // (n_in + pad))
     for r in range(0, out, step):
         rows = w[r:r + step]
+        n = len(rows)
         x = np.pad(rows, ((0, 0), (0, pad)), mode="edge") if pad else rows
         groups = x.reshape(-1, g)
+        if not fmt.searchable:
+            for name, a in fmt.quantize_ref(groups).items():
+                planes[name][r:r + n] = a.reshape(n, -1)
+            continue
         if search:
             weights = np.broadcast_to(col_weight, x.shape).reshape(-1, g)
             levels, d, m = search_quantize(fmt, groups, weights)
         else:
             levels, d, m = fmt.quantize_ref(groups)
-        n = len(rows)
-        qweight[r:r + n] = fmt.pack(levels).reshape(n, -1)
-        scales[r:r + n] = d.reshape(n, n_groups)
-        if mins is not None:
-            mins[r:r + n] = m.reshape(n, n_groups)
-    return QuantizedTensor(fmt, (out, n_in), qweight, scales, mins)
+        planes["qweight"][r:r + n] = fmt.pack(levels).reshape(n, -1)
+        planes["scales"][r:r + n] = d.reshape(n, n_groups)
+        if m is not None:
+            planes["mins"][r:r + n] = m.reshape(n, n_groups)
+    return QuantizedTensor(fmt, (out, n_in), planes)
 
 
 def relative_error(q: QuantizedTensor, w: np.ndarray) -> float:
@@ -95,21 +105,34 @@ def relative_error(q: QuantizedTensor, w: np.ndarray) -> float:
     step = max(1, CHUNK_ELEMENTS // w.shape[1])
     err = ref = 0.0
     for r in range(0, w.shape[0], step):
-        part = QuantizedTensor(q.fmt, (min(step, w.shape[0] - r), w.shape[1]), q.qweight[r:r + step],
-                               q.scales[r:r + step], None if q.mins is None else q.mins[r:r + step])
-        err += float(np.sum((part.dequantize() - w[r:r + step]) ** 2, dtype=np.float64))
+        err += float(np.sum((q.rows(r, r + step).dequantize() - w[r:r + step]) ** 2, dtype=np.float64))
         ref += float(np.sum(w[r:r + step].astype(np.float64) ** 2))
     return float(np.sqrt(err / ref)) if ref > 0 else 0.0
 
 
-def from_ggml_blocks(blocks: np.ndarray, shape: tuple[int, int], fmt: QuantFormat) -> QuantizedTensor:
-    """A ggml Q8_0/Q4_0/Q4_1 tensor (rows of blocks) -> planes, byte for byte: fp16 d (and m) then
-    the codes of each block are exactly the planes' fields (see formats.py)."""
+REQUANTIZE_ELEMENTS = 1 << 20   # weights decoded to float32 at a time when requantizing at load (4 MiB)
+
+
+def requantize(raw: np.ndarray, order: np.ndarray | None, decode, shape: tuple[int, int], fmt) -> QuantizedTensor:
+    """A matrix stored in an encoding with no table entry -> planes of fmt, a block of rows at a
+    time, never a float32 copy of the whole: raw (out, row bytes) the stored rows, order the row
+    order to apply (or None), decode(stored rows) -> float32 (n, in). Rounding as quantize_ref."""
     out, n_in = shape
+    planes = {name: np.empty(s, NUMPY[dtype]) for name, (s, dtype) in plane_shapes(fmt, shape).items()}
+    step = max(1, REQUANTIZE_ELEMENTS // n_in)
+    for r in range(0, out, step):
+        rows = raw[r:r + step] if order is None else raw[order[r:r + step]]
+        w = np.asarray(decode(rows), np.float32).reshape(-1, n_in)
+        for name, a in quantize_matrix(w, fmt, search=False).planes.items():
+            planes[name][r:r + len(w)] = a
+    return QuantizedTensor(fmt, shape, planes)
+
+
+def from_ggml_blocks(blocks: np.ndarray, shape: tuple[int, int], fmt) -> QuantizedTensor:
+    """A ggml tensor of fmt.ggml_type (rows of blocks) -> planes, bit for bit: each field of every
+    block is sliced into its plane (fmt.ggml_fields gives the fields' order)."""
+    out, n_in = shape
+    if n_in % fmt.group_size:
+        raise ValueError(f"rows of {n_in} weights are not whole {fmt.ggml_type} blocks of {fmt.group_size}")
     n_groups = n_in // fmt.group_size
-    blocks = np.asarray(blocks).reshape(out, n_groups, fmt.bytes_per_group)
-    scales = blocks[..., 0:2].copy().view(np.float16).reshape(out, n_groups)
-    mins = None if fmt.symmetric else blocks[..., 2:4].copy().view(np.float16).reshape(out, n_groups)
-    start = fmt.bytes_per_group - fmt.qbytes_per_group
-    qweight = blocks[..., start:].reshape(out, n_groups * fmt.qbytes_per_group).copy()
-    return QuantizedTensor(fmt, (out, n_in), qweight, scales, mins)
+    return QuantizedTensor(fmt, shape, split_ggml_blocks(blocks, out, n_groups, fmt.planes, fmt.ggml_fields))

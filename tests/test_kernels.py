@@ -49,7 +49,7 @@ def test_kernels_match_the_reference_dequantize(fmt, rows, cols, path):
         # the kernels multiply by the int8-quantized activation: exactly W . x_hat in exact
         # arithmetic, so only float32 summation error remains (~ sqrt(cols) eps |terms|)
         padded = np.pad(x, ((0, 0), (0, lin.in_padded - cols)))
-        x_hat = np.stack([quantize_activation_numpy(row, fmt.group_size)[2] for row in padded])[:, :cols]
+        x_hat = np.stack([quantize_activation_numpy(row, fmt.act_group)[2] for row in padded])[:, :cols]
         expected = x_hat.astype(np.float64) @ ref.T
         assert np.abs(lin(x) - expected).max() <= 1e-5 * (np.abs(x_hat) @ np.abs(ref).T).max() + 1e-5
     ids = [rows - 1, 0, rows // 2]

@@ -98,7 +98,7 @@ def test_the_plan_has_the_types_the_wrappers_pass():
     for plane in (q.qweight, q.scales):
         plane.flags.writeable = False
     lin = QuantLinear(q, path=AVX2)
-    assert not lin.interleaved and not lin.qweight.flags.writeable
+    assert not lin.interleaved and not lin.planes[0].flags.writeable
     model = SimpleNamespace(weights={"model.embed_tokens.weight": lin, "model.norm.weight": np.ones(96, np.float32)},
                             kv_dtype=np.float16, cos=np.ones((4, 8), np.float32), sin=np.ones((4, 8), np.float32))
     groups = [g for g in warmup.kernel_plan(model) if g[0][0][0] == "qllama.kernels.matmul"]

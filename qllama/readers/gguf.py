@@ -7,6 +7,7 @@ per-frequency divisors, and no rope.scaling metadata) is not a weight: it goes i
 """
 from __future__ import annotations
 
+import math
 import mmap
 import re
 from pathlib import Path
@@ -40,10 +41,52 @@ def hf_name(path: Path, name: str) -> str:
     raise QllamaError(f"{path}: unexpected tensor {name}: not a plain LLaMA model")
 
 
-def open_gguf_reader(path: Path):
+class TensorProblem(Exception):
+    """A tensor the reader refuses, by name (open_gguf_reader adds the file)."""
+
+
+def _checked_reader():
+    """The GGUF reader (gguf_fields.PlainReader) that checks each tensor's type, row length and extent before it maps it:
+    the package's own failures there (an unknown type, a partial block, data past the end) do not
+    say which tensor. Overrides the package's private _build_tensors (its tensor-info fields:
+    name length, name, n_dims, dims, type, offset), kept as it is after the checks."""
     from .gguf_fields import PlainReader
+
+    class CheckedReader(PlainReader):
+        def _build_tensors(self, start_offs, fields):
+            for field in fields:
+                _, name_data, _, dims, raw_type, offset = field.parts
+                name = bytes(name_data).decode("utf-8", "replace")
+                check_tensor(name, int(raw_type[0]), [int(d) for d in dims], int(start_offs + offset[0]),
+                             len(self.data))
+            super()._build_tensors(start_offs, fields)
+    return CheckedReader
+
+
+def check_tensor(name: str, type_id: int, dims: list[int], begin: int, file_size: int) -> None:
+    """One tensor's info against the GGML type table and the file: TensorProblem if it cannot be read."""
+    import gguf
     try:
-        return PlainReader(path)
+        qtype = gguf.GGMLQuantizationType(type_id)
+        block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+    except (ValueError, KeyError):
+        raise TensorProblem(f"tensor {name} has unknown GGML type {type_id}") from None
+    if any(d < 0 for d in dims) or not dims:
+        raise TensorProblem(f"tensor {name} has bad dimensions {dims}")
+    if dims[0] % block:
+        raise TensorProblem(f"tensor {name} ({qtype.name}) has rows of {dims[0]} weights, not a whole number of "
+                            f"{qtype.name} blocks of {block}")
+    end = begin + math.prod(dims) // block * type_size
+    if end > file_size:
+        raise TensorProblem(f"tensor {name} ({qtype.name}) runs past the end of the file (ends at byte {end}, "
+                            f"file has {file_size}): truncated file")
+
+
+def open_gguf_reader(path: Path):
+    try:
+        return _checked_reader()(path)
+    except TensorProblem as e:
+        raise QllamaError(f"{path}: {e}") from None
     except ValueError as e:
         if "cannot reshape" in str(e):  # the package maps tensor data short of its declared size
             raise QllamaError(f"{path}: tensor data runs past the end of the file: truncated GGUF") from None
@@ -63,6 +106,7 @@ def page_release(reader, begin: int, end: int):
 
 
 def decoder(qtype):
+    """float32 rows from stored rows of qtype (the gguf package's dequantize for quantized types)."""
     import gguf
     if qtype == gguf.GGMLQuantizationType.F32:
         return lambda raw: raw
@@ -77,6 +121,19 @@ def read_rope_freqs(path: Path, t, qtype) -> list[float]:
     if len(t.shape) != 1 or not np.all(np.isfinite(values) & (values > 0)):
         raise QllamaError(f"{path}: tensor {ROPE_FREQS} must be a vector of positive numbers")
     return values.tolist()
+
+
+def decodable(qtype) -> bool:
+    """Whether the gguf package dequantizes qtype (it lacks a few, such as Q8_1): one zero block tried."""
+    import gguf
+    if qtype.name in ("F32", "F16", "BF16", "F64"):
+        return True
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    try:
+        gguf.quants.dequantize(np.zeros(size, np.uint8), qtype)
+    except (NotImplementedError, ValueError, TypeError):
+        return False
+    return True
 
 
 def read_gguf(path: Path) -> Checkpoint:
@@ -99,6 +156,8 @@ def read_gguf(path: Path) -> Checkpoint:
         if t.name == ROPE_FREQS:
             rope_freqs = read_rope_freqs(path, t, qtype)
             continue
+        if not decodable(qtype):
+            raise QllamaError(f"{path}: tensor {t.name} has GGML type {qtype.name}, which qllama cannot decode")
         raw_tensors[hf_name(path, t.name)] = (t, qtype)
     if "model.embed_tokens.weight" not in raw_tensors:
         raise QllamaError(f"{path}: no token_embd.weight tensor: not a model with weights (a vocab-only GGUF?)")

@@ -16,6 +16,7 @@ from ..quantize.tensor import QuantizedTensor, plane_shapes
 from .safetensors_file import SafetensorsFile
 
 SUPPORTED_VERSIONS = ("1",)
+PLANE_NAMES = {p.name for f in FORMATS.values() for p in f.planes}
 
 
 def read_qllama_file(path: Path) -> Checkpoint:
@@ -48,11 +49,11 @@ def read_qllama_file(path: Path) -> Checkpoint:
             if array is None or tuple(array.shape) != plane_shape or st.dtypes[f"{name}.{plane}"] != dtype:
                 raise QllamaError(f"{path}: plane {name}.{plane} is missing or has the wrong shape or dtype")
             planes[plane] = array
-        q = QuantizedTensor(fmt, shape, planes["qweight"], planes["scales"], planes.get("mins"))
+        q = QuantizedTensor(fmt, shape, planes)
         tensors[name] = SourceTensor(shape, fmt.name, q.qweight, lambda _, q=q: q.dequantize(), quantized=q,
                                      release=lambda n=name, p=tuple(planes): [st.release(f"{n}.{x}") for x in p])
     for name, array in st.arrays.items():
-        if name.rsplit(".", 1)[-1] not in ("qweight", "scales", "mins") and not name.startswith("qllama."):
+        if name.rsplit(".", 1)[-1] not in PLANE_NAMES and not name.startswith("qllama."):
             if st.dtypes[name] != "F32":
                 raise QllamaError(f"{path}: tensor {name} is {st.dtypes[name]}, expected F32")
             tensors[name] = SourceTensor(tuple(array.shape), "F32", array, lambda a: a)
