@@ -46,6 +46,8 @@ class DenseLinear:
 class QuantLinear:
     def __init__(self, q: QuantizedTensor, path: int = DEFAULT_PATH):
         self.fmt, self.shape = q.fmt, q.shape
+        # the fp16 scales (and mins) are the only floats in the planes: all finite? (Model refuses if not)
+        self.finite = all(np.isfinite(p).all() for p in q.planes.values() if p.dtype == np.float16)
         self.kernels = kernels_of(q.fmt)
         prepared = self.kernels.prepare(q, path)
         self.planes, self.matmul = prepared.planes, prepared.matmul

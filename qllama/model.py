@@ -177,7 +177,8 @@ class Model(TextAPI):
             raise QllamaError(f"KV cache type {kv_dtype!r} is not one of {', '.join(KV_DTYPES)}")
         self.kv_dtype = KV_DTYPES[kv_dtype]
         requantized = {}
-        self.weights = {name: build_weight(t, reference, requantized) for name, t in checkpoint.tensors.items()}
+        self.weights = {name: finite(checkpoint.path, name, build_weight(t, reference, requantized))
+                        for name, t in checkpoint.tensors.items()}
         if requantized:
             print(f"qllama: {checkpoint.path.name}: no kernels for " + ", ".join(
                 f"{source} ({n} tensors, requantized to {target})" for (source, target), n in requantized.items())
@@ -264,6 +265,19 @@ class Model(TextAPI):
         """Tokens (ints) for a prompt (text or token ids) on the default session; see
         qllama.generate.generate_tokens."""
         return self.session.generate(prompt, **kwargs)
+
+
+def finite(path, name: str, weight):
+    """weight, when its float values (for quantized planes: the fp16 scales and mins) are all finite.
+    A NaN makes every logit NaN on the reference path, yet the fast path's int8 activation codes are
+    finite and print plausible text from a broken model: refuse the file, naming the tensor."""
+    if isinstance(weight, QuantLinear):
+        ok = weight.finite
+    else:
+        ok = np.isfinite(weight.weight if isinstance(weight, DenseLinear) else weight).all()
+    if not ok:
+        raise QllamaError(f"{path}: tensor {name} holds NaN or infinite values")
+    return weight
 
 
 def build_weight(t: SourceTensor, reference: bool, requantized: dict | None = None):

@@ -110,3 +110,29 @@ def test_a_prompt_that_is_not_utf8():
     result = subprocess.run([sys.executable, "-m", "qllama", "run", b"caf\xe9", "-m",
                              str(MODELS / "stories260K" / "stories260K.bin")], capture_output=True, timeout=120)
     assert result.returncode == 1 and result.stderr.decode().strip() == "error: PROMPT: not UTF-8 text"
+
+
+def test_nan_weights_are_refused_at_load_naming_the_tensor(tmp_path):
+    """A NaN in a norm: refused on both paths (the fast one would print plausible text from it)."""
+    import numpy as np
+    data = bytearray((MODELS / "stories260K" / "stories260K.bin").read_bytes())
+    rms_att = 28 + 512 * 64 * 4                     # after the 7-int header and the (512, 64) token embedding
+    data[rms_att:rms_att + 4] = np.float32("nan").tobytes()   # layer 0's attention norm, first weight
+    (tmp_path / "nan.bin").write_bytes(bytes(data))
+    shutil.copy(MODELS / "stories260K" / "tok512.model", tmp_path)
+    for path in ([], ["--kv-cache", "f32"]):
+        result = qllama("run", "Once", "-m", tmp_path / "nan.bin", "--raw", "-n", "2", *path)
+        assert_one_line_error(result, "nan.bin", "model.layers.0.input_layernorm.weight", "NaN")
+
+
+def test_an_infinite_scale_in_a_quantized_file_is_refused(tmp_path):
+    out = tmp_path / "q8.safetensors"
+    assert qllama("quantize", MODELS / "stories260K" / "stories260K.bin", out, "--format", "q8").returncode == 0
+    data = bytearray(out.read_bytes())
+    header_len = int.from_bytes(data[:8], "little")
+    entry = json.loads(data[8:8 + header_len])["model.layers.0.self_attn.q_proj.weight.scales"]
+    start = 8 + header_len + entry["data_offsets"][0]
+    data[start:start + 2] = b"\x00\x7c"            # fp16 +inf
+    out.write_bytes(bytes(data))
+    assert_one_line_error(qllama("run", "Once", "-m", out, "--raw", "-n", "2"), "q8.safetensors",
+                          "model.layers.0.self_attn.q_proj.weight", "infinite")
