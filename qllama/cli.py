@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from .chat_template import BUILTIN_TEMPLATES
-from .errors import QllamaError
+from .errors import QllamaError, Terminated
 from .generate import DEFAULT_MAX_TOKENS
 from .sampling import SamplingParams
 
@@ -299,21 +299,27 @@ def numba_threads() -> int:
     return numba.get_num_threads()
 
 
+def stopped(signal: BaseException):
+    """Ctrl-C exits 130, a kill (SIGTERM, where it is caught) 143, each with one line."""
+    terminated = isinstance(signal, Terminated)
+    lead = "\n" if sys.stderr.isatty() else ""     # a terminal's line may hold the ^C or a reply
+    click.echo(lead + ("terminated" if terminated else "interrupted"), err=True)
+    sys.exit(143 if terminated else 130)
+
+
 def main():
     try:
         cli.main(standalone_mode=False)
     except QllamaError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
-    except click.exceptions.Abort:
-        sys.exit(130)
-    except KeyboardInterrupt:
-        click.echo("", err=True)
-        sys.exit(130)
-    except SystemError as e:    # Ctrl-C inside a Numba kernel surfaces as its SystemError
-        if isinstance(e.__cause__, KeyboardInterrupt):
-            click.echo("", err=True)
-            sys.exit(130)
+    except click.exceptions.Abort:  # click's form of a KeyboardInterrupt (it has ended the line already)
+        stopped(KeyboardInterrupt())
+    except (KeyboardInterrupt, Terminated) as e:
+        stopped(e)
+    except SystemError as e:    # a signal that lands inside a Numba kernel surfaces as its SystemError
+        if isinstance(e.__cause__, (KeyboardInterrupt, Terminated)):
+            stopped(e.__cause__)
         raise
     except click.ClickException as e:
         e.show()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import QllamaError
+from ..errors import QllamaError, Terminated
 
 ITEMSIZE = {"F32": 4, "F16": 2, "U8": 1, "I8": 1, "I32": 4}
 NUMPY = {"F32": np.float32, "F16": np.float16, "U8": np.uint8, "I8": np.int8, "I32": np.int32}
@@ -55,10 +55,6 @@ class SafetensorsWriter:
             raise RuntimeError("not every tensor was written")
 
 
-class Terminated(Exception):
-    pass
-
-
 def _raise_terminated(signum, frame):
     raise Terminated()
 
@@ -86,8 +82,6 @@ def atomic_output(target: Path, force: bool):
         os.replace(tmp, target)
     except OSError as e:
         raise QllamaError(f"{target}: write failed ({e.strerror}); nothing was written") from None
-    except Terminated:
-        raise KeyboardInterrupt from None
     finally:
         signal.signal(signal.SIGTERM, previous)
         tmp.unlink(missing_ok=True)
