@@ -150,7 +150,7 @@ def check_ggml_formats(fmt: QuantFormat, embed_fmt: QuantFormat) -> None:
 
 class QllamaFileOutput:
     """The .safetensors output: each tensor as its planes (or float32), then the tokenizer's bytes."""
-    dequantized: list[str] = []
+    dequantized: tuple[str, ...] = ()  # planes hold every format: nothing is stored dequantized
 
     def __init__(self, f, layout: dict, metadata: dict[str, str], tokenizer_blob: bytes):
         self.writer, self.blob = SafetensorsWriter(f, layout, metadata), tokenizer_blob

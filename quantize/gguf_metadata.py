@@ -183,7 +183,8 @@ def gguf_fields(ckpt: Checkpoint, fmt: QuantFormat) -> list[Field]:
     """Every metadata key of the exported file, in writing order. A GGUF source's tokenizer keys are
     kept as they are (llama.cpp made them), and so are its descriptive general.* keys."""
     own = source_fields(ckpt)
-    name = next((f.value for f in own if f.key == "general.name"), Path(ckpt.path).stem)
+    path = Path(ckpt.path).resolve()
+    name = next((f.value for f in own if f.key == "general.name"), path.name if path.is_dir() else path.stem)
     fields = model_fields(ckpt.args, str(name), fmt)
     own_vocab = [f for f in own if f.key.startswith("tokenizer.")]
     fields += own_vocab if any(f.key == "tokenizer.ggml.model" for f in own_vocab) else tokenizer_fields(ckpt)
