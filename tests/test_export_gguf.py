@@ -49,13 +49,14 @@ def read_gguf(path):
 
 def assert_same_model(safetensors, gguf_file, prompt_ids, fast: bool, matrices: bool = True):
     """Every matrix bit for bit (when asked), and the same logits and greedy tokens through qllama."""
-    a, b = open_checkpoint(safetensors), open_checkpoint(gguf_file)
-    assert a.tensors.keys() == b.tensors.keys()
-    for name, t in a.tensors.items() if matrices else ():
-        assert np.array_equal(t.float32(), b.tensors[name].float32()), name
+    if matrices:
+        a, b = open_checkpoint(safetensors), open_checkpoint(gguf_file)
+        assert a.tensors.keys() == b.tensors.keys()
+        for name, t in a.tensors.items():
+            assert np.array_equal(t.float32(), b.tensors[name].float32()), name
     ma, mb = (qllama.load(p, reference=not fast) for p in (safetensors, gguf_file))
     assert np.array_equal(ma.logits(prompt_ids), mb.logits(prompt_ids))
-    greedy = [list(m.generate(prompt_ids, max_tokens=24, temperature=0)) for m in (ma, mb)]
+    greedy = [list(m.generate(prompt_ids, max_tokens=16, temperature=0)) for m in (ma, mb)]
     assert greedy[0] == greedy[1]
 
 
