@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import Checkpoint, SourceTensor, open_checkpoint
+from ..checkpoint import Checkpoint, open_checkpoint
 from ..errors import QllamaError
 from .formats import ALIASES, BY_GGML_TYPE, FORMATS, QuantFormat, get_format
 from .gguf_metadata import gguf_fields

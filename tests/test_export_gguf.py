@@ -6,11 +6,17 @@ and transformers' tokenizations of the BPE fixture.
 """
 import json
 import math
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import gguf
 import numpy as np
 import pytest
+from safetensors.numpy import load_file, save_file
 
 import qllama
 from cli_helpers import assert_one_line_error, qllama as qllama_cli
@@ -170,8 +176,6 @@ def test_other_suffixes_are_refused(tmp_path):
 
 
 def test_failure_midway_leaves_no_gguf(tmp_path):
-    from safetensors.numpy import load_file, save_file
-    import shutil
     folder = tmp_path / "nan_model"
     shutil.copytree(FIXTURES / "gqa_tied_f32", folder)
     tensors = load_file(folder / "model.safetensors")
@@ -180,3 +184,36 @@ def test_failure_midway_leaves_no_gguf(tmp_path):
     out = tmp_path / "o.gguf"
     assert_one_line_error(qllama_cli("quantize", folder, out, "--format", "q4_0"), "model.layers.1.mlp.up_proj.weight")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nan_model"]
+
+
+def test_ctrl_c_midway_leaves_no_gguf(smollm2_gguf, tmp_path):
+    out = tmp_path / "o.gguf"
+    proc = subprocess.Popen([sys.executable, "-m", "qllama.cli", "quantize", str(smollm2_gguf), str(out), "--format",
+                             "q4_1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".o.gguf.*.partial")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "quantize ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("pre_tokenizer, name", [
+    ({"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}, "gpt-2"),
+    ({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True},
+                                            {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}]},
+     "smollm"),                                                          # SmolLM2's tokenizer.json
+    ({"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?"
+                                               "[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"},
+         "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
+     "llama-bpe"),                                                       # Llama 3's tokenizer.json
+    ({"type": "ByteLevel", "add_prefix_space": True, "use_regex": True}, None),   # a leading space llama.cpp lacks
+    ({"type": "Metaspace", "replacement": "\u2581"}, None),
+])
+def test_pre_tokenizer_names(pre_tokenizer, name):
+    from qllama.quantize.gguf_metadata import pre_tokenizer_name
+    assert pre_tokenizer_name(pre_tokenizer) == name
