@@ -18,7 +18,8 @@ Q4_1 blocks would be copied as they are), the tests' Hugging Face fixtures.
 Part `quality`: the float model as an F32 GGUF (stories260K.gguf as shipped; SmolLM2 dequantized, as
 bench/quality.py treats it), llama.cpp's Q4_0 of it (llama_model_quantize, default parameters),
 and qllama's Q4_0 .gguf of the same F32 file: absmax (ggml's rounding), the default scale search, and
-GPTQ on --calibration /usr/share/common-licenses/Apache-2.0 (not the scored text). llama.cpp runs
+GPTQ on --calibration /usr/share/common-licenses/Apache-2.0 (not the scored text), also with the
+embedding and output head in Q4_0 (--embeddings-format q4_0: smaller than llama.cpp's). llama.cpp runs
 every file over bench/data/gpl-3.txt (tokenized by llama.cpp) in windows of 512 tokens, scoring the
 second half of each as qllama.perplexity does (llama.cpp's perplexity rules), and the KL divergence
 from the F32 model and top-1 agreement are computed from its logits in float64.
@@ -80,12 +81,12 @@ def cpp_greedy(llm, ids, n: int, stops) -> list[int]:
 
 
 def first_difference(model, ids, a: list[int], b: list[int]) -> str:
-    """Where qllama's greedy tokens a and llama.cpp's b part, with qllama's logit margin there
-    between its pick and llama.cpp's (a near-tie is small next to the logits' run-to-run differences)."""
+    """Where qllama's greedy tokens a and llama.cpp's b part, and how far apart the two picks' logits
+    are there in qllama (a prefill pass): a near-tie, or a real disagreement."""
     for i, (x, y) in enumerate(zip(a, b)):
         if x != y:
             logits = model.logits(list(ids) + a[:i])[-1]
-            return f"differ at token {i + 1} (qllama's margin {logits[x] - logits[y]:.3f})"
+            return f"differ at token {i + 1} (logits {abs(logits[x] - logits[y]):.3f} apart)"
     return "same" if len(a) == len(b) else f"same for {min(len(a), len(b))}, then one stops"
 
 
@@ -220,9 +221,11 @@ def part_quality(work: Path, threads: int, out) -> None:
     for title, reference in models.items():
         stem = work / reference.stem
         files = {"llama.cpp Q4_0 (llama_model_quantize)": cpp_quantize(reference, Path(f"{stem}-cpp-q4_0.gguf"), threads)}
-        for method, options in (("absmax", {"search": False}), ("search", {}),
-                                ("GPTQ (--calibration Apache-2.0)", {"calibration": CALIBRATION})):
-            path = Path(f"{stem}-qllama-{method.split()[0].lower()}.gguf")
+        gptq = {"calibration": CALIBRATION}
+        for method, tag, options in (("absmax", "absmax", {"search": False}), ("search", "search", {}),
+                                     ("GPTQ (--calibration Apache-2.0)", "gptq", gptq),
+                                     ("GPTQ, --embeddings-format q4_0", "gptq-e4", {**gptq, "embeddings_format": "q4_0"})):
+            path = Path(f"{stem}-qllama-{tag}.gguf")
             start = time.monotonic()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
