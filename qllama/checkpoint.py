@@ -89,6 +89,11 @@ def interleaved_to_rotate_half(n_heads: int, head_dim: int) -> np.ndarray:
     return (h * head_dim + 2 * i + s).reshape(-1)
 
 
+def rotate_half_to_interleaved(n_heads: int, head_dim: int) -> np.ndarray:
+    """The inverse row order, for writing GGUF: rows[interleaved_to_rotate_half(...)] is the identity."""
+    return np.argsort(interleaved_to_rotate_half(n_heads, head_dim))
+
+
 def open_checkpoint(path, tokenizer_path=None) -> Checkpoint:
     """Open any supported checkpoint; the kind is told by what the path holds, not by its name."""
     path = Path(path).expanduser()

@@ -265,7 +265,8 @@ def list_formats(ctx, _param, value):
 @click.option("--list-formats", is_flag=True, expose_value=False, is_eager=True, callback=list_formats,
               help="List the formats and their bits per weight, then exit.")
 def quantize(source, output, method, **options):
-    """Quantize SOURCE (HF folder, .gguf, llama2.c .bin) into ONE qllama .safetensors file OUTPUT."""
+    """Quantize SOURCE (HF folder, .gguf, llama2.c .bin) into OUTPUT: ONE qllama .safetensors file, or a
+    .gguf that llama.cpp runs (formats q8_0, q4_0, q4_1)."""
     from .quantize.convert import convert
     reports = convert(source, output, search=method == "search", **options)
     total_bits = sum(r.bits_per_weight * r.n_weights for r in reports)

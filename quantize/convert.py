@@ -1,4 +1,5 @@
-"""`qllama quantize`: any checkpoint -> ONE .safetensors file of quant planes + everything a run needs.
+"""`qllama quantize`: any checkpoint -> ONE .safetensors file of quant planes + everything a run needs,
+or a .gguf that llama.cpp runs (gguf_writer.py, gguf_metadata.py).
 
 Streams tensor by tensor (peak memory ~ the largest tensor); writes atomically. Tensor policy: norms
 stay float32; the token embedding and output head use `embeddings_format` (8-bit by default); every
@@ -19,16 +20,19 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import Checkpoint, SourceTensor, open_checkpoint
+from ..checkpoint import Checkpoint, open_checkpoint
 from ..errors import QllamaError
-from .formats import BY_GGML_TYPE, QuantFormat, get_format
+from .formats import ALIASES, BY_GGML_TYPE, FORMATS, QuantFormat, get_format
+from .gguf_metadata import gguf_fields
+from .gguf_writer import GGUFOutput
 from .gptq import gptq_quantize
-from .tensor import from_ggml_blocks, plane_shapes, quantize_matrix, relative_error
+from .tensor import QuantizedTensor, from_ggml_blocks, plane_shapes, quantize_matrix, relative_error
 from .writer import SafetensorsWriter, atomic_output
 
 FORMAT_VERSION = "1"
 FLOAT_TYPES = ("F32", "F16", "BF16")
 EMBEDDINGS = ("model.embed_tokens.weight", "lm_head.weight")
+OUTPUT_SUFFIXES = (".safetensors", ".gguf")
 
 
 @dataclass
@@ -121,62 +125,127 @@ def progress(i: int, n: int, name: str, start: float) -> None:
 def convert(source, output, format: str = "q4", group_size: int | None = None,
             embeddings_format: str = "q8_g32", calibration=None, force: bool = False,
             tokenizer=None, search: bool = True) -> list[TensorReport]:
-    """Quantize `source` into the qllama file `output`; returns one report per tensor."""
+    """Quantize `source` into `output`: a qllama .safetensors file, or a .gguf for llama.cpp.
+    Returns one report per tensor."""
     fmt, embed_fmt = get_format(format, group_size), get_format(embeddings_format)
     return convert_checkpoint(open_checkpoint(source, tokenizer), output, fmt, embed_fmt, calibration, force, search)
+
+
+def output_kind(output: Path) -> str:
+    """The file kind, told by the output's suffix: anything else would be written in a format nothing reads."""
+    if output.suffix.lower() not in OUTPUT_SUFFIXES:
+        got = f"suffix {output.suffix!r}" if output.suffix else "no suffix"
+        raise QllamaError(f"{output}: name the output .safetensors (qllama) or .gguf (llama.cpp), not {got}")
+    return output.suffix.lower()
+
+
+def check_ggml_formats(fmt: QuantFormat, embed_fmt: QuantFormat) -> None:
+    """A .gguf holds only ggml's own types: the group-32 formats (Q8_0, Q4_0, Q4_1)."""
+    for f, option in ((fmt, "--format"), (embed_fmt, "--embeddings-format")):
+        if not isinstance(f, QuantFormat):     # the k-quants' writer is not done yet
+            raise QllamaError(f"{option} {f.name}: writing k-quants to .gguf is not supported yet; use q8_0, "
+                              f"q4_0 or q4_1, or a .safetensors output")
+        if f.ggml_type is None:
+            same_family = next(a for a, n in ALIASES.items() if FORMATS[n].family == f.family)
+            raise QllamaError(f"{option} {f.name} has no llama.cpp (ggml) type: a .gguf output takes q8_0, q4_0 "
+                              f"or q4_1; use {same_family} for .gguf, or a .safetensors output for {f.name}")
+
+
+class QllamaFileOutput:
+    """The .safetensors output: each tensor as its planes (or float32), then the tokenizer's bytes."""
+    dequantized: tuple[str, ...] = ()  # planes hold every format: nothing is stored dequantized
+
+    def __init__(self, f, layout: dict, metadata: dict[str, str], tokenizer_blob: bytes):
+        self.writer, self.blob = SafetensorsWriter(f, layout, metadata), tokenizer_blob
+
+    def write(self, name: str, value) -> None:
+        if not isinstance(value, QuantizedTensor):
+            return self.writer.write(name, value)
+        for plane in value.fmt.planes:            # in the layout's order
+            self.writer.write(f"{name}.{plane.name}", value.planes[plane.name])
+
+    def close(self) -> None:
+        if self.blob:
+            self.writer.write("qllama.tokenizer", np.frombuffer(self.blob, np.uint8))
+        self.writer.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+def quantized_tensors(ckpt: Checkpoint, plans, moments: dict, search: bool):
+    """(name, float32 array or QuantizedTensor, report) in plan order, one tensor in memory at a time."""
+    source = ckpt.path
+    for name, (tfmt, how) in plans.items():
+        t = ckpt.tensors[name]
+        if how == "exact copy":
+            q = from_ggml_blocks(t.raw if t.rows is None else t.raw[t.rows], t.shape, tfmt)
+            yield name, q, TensorReport(name, tfmt.name, how, 8 * q.nbytes / math.prod(t.shape), 0.0,
+                                        math.prod(t.shape))
+            t.done()
+            continue
+        w = t.float32()
+        if not np.isfinite(w).all():
+            raise QllamaError(f"{source}: tensor {name} contains NaN or Inf values")
+        if tfmt is None:
+            yield name, w, TensorReport(name, "F32", how, 32.0, 0.0, w.size)
+            t.done()
+            continue
+        how = how if search else "absmax"
+        if name in moments and search and tfmt.searchable:
+            how = "gptq"
+            q = gptq_quantize(w, tfmt, moments[name])
+        else:
+            q = quantize_matrix(w, tfmt, None, search)
+        yield name, q, TensorReport(name, tfmt.name, how, 8 * q.nbytes / w.size, relative_error(q, w), w.size)
+        t.done()
 
 
 def convert_checkpoint(ckpt: Checkpoint, output, fmt: QuantFormat, embed_fmt: QuantFormat, calibration=None,
                        force: bool = False, search: bool = True) -> list[TensorReport]:
     """The body of `convert`, for a checkpoint already open (benches pass modified ones)."""
     output, source = Path(output), ckpt.path
+    kind = output_kind(output)
     if ckpt.kind == "qllama":
         raise QllamaError(f"{source}: already a qllama file; quantize the original checkpoint instead")
     if output.exists() and output.resolve() == Path(ckpt.path).resolve():
         raise QllamaError(f"{output}: is the source; choose another output")
+    if kind == ".gguf":
+        check_ggml_formats(fmt, embed_fmt)
+    plans = plan(ckpt, fmt, embed_fmt)
+    if kind == ".gguf":  # everything that can be refused is, before the slow part
+        fields = gguf_fields(ckpt, fmt)
+        shapes = {n: (ckpt.tensors[n].shape, tfmt) for n, (tfmt, _) in plans.items()}
+        # GGUFWriter opens the temporary file by its name; atomic_output's fsync of it syncs the same file
+        open_output = lambda f: GGUFOutput(Path(f.name), fields, ckpt.args, shapes)
+    else:
+        tokenizer_blob = ckpt.tokenizer.to_bytes()[1] if ckpt.tokenizer is not None else b""
+        layout = build_layout(ckpt, plans, tokenizer_blob)
+        metadata = build_metadata(ckpt, plans, source_sha256(Path(ckpt.path)))
+        open_output = lambda f: QllamaFileOutput(f, layout, metadata, tokenizer_blob)
     moments = {}
     if calibration is not None:
         from .calibration import input_moments
         moments = input_moments(ckpt, Path(calibration))
-    plans = plan(ckpt, fmt, embed_fmt)
-    tokenizer_blob = ckpt.tokenizer.to_bytes()[1] if ckpt.tokenizer is not None else b""
-    layout = build_layout(ckpt, plans, tokenizer_blob)
-    metadata = build_metadata(ckpt, plans, source_sha256(Path(ckpt.path)))
     reports, start = [], time.monotonic()
-    with atomic_output(output, force) as f:
-        writer = SafetensorsWriter(f, layout, metadata)
-        for i, (name, (tfmt, how)) in enumerate(plans.items()):
+    with atomic_output(output, force) as f, open_output(f) as out:
+        for i, (name, value, report) in enumerate(quantized_tensors(ckpt, plans, moments, search)):
             progress(i, len(plans), name, start)
-            t = ckpt.tensors[name]
-            if how == "exact copy":
-                q = from_ggml_blocks(t.raw if t.rows is None else t.raw[t.rows], t.shape, tfmt)
-                reports.append(TensorReport(name, tfmt.name, how, 8 * q.nbytes / math.prod(t.shape), 0.0,
-                                            math.prod(t.shape)))
-            else:
-                w = t.float32()
-                if not np.isfinite(w).all():
-                    raise QllamaError(f"{source}: tensor {name} contains NaN or Inf values")
-                if tfmt is None:
-                    writer.write(name, w)
-                    reports.append(TensorReport(name, "F32", how, 32.0, 0.0, w.size))
-                    t.done()
-                    continue
-                how = how if search else "absmax"
-                if name in moments and search and tfmt.searchable:
-                    how = "gptq"
-                    q = gptq_quantize(w, tfmt, moments[name])
-                else:
-                    q = quantize_matrix(w, tfmt, None, search)
-                reports.append(TensorReport(name, tfmt.name, how, 8 * q.nbytes / w.size, relative_error(q, w), w.size))
-            for plane in tfmt.planes:            # in the layout's order
-                writer.write(f"{name}.{plane.name}", q.planes[plane.name])
-            t.done()
-            del q  # free this tensor before the next is decoded: peak memory stays one tensor
-            w = None
-        if tokenizer_blob:
-            writer.write("qllama.tokenizer", np.frombuffer(tokenizer_blob, np.uint8))
-        writer.close()
+            out.write(name, value)
+            reports.append(report)
+            del value  # free this tensor before the next is decoded: peak memory stays one tensor
+        out.close()
     progress(len(plans), len(plans), "done", start)
     if sys.stderr.isatty():
         print(file=sys.stderr)
+    if out.dequantized:
+        first = out.dequantized[0]
+        warnings.warn(f"{len(out.dequantized)} matrices (e.g. {first}, rows of {ckpt.tensors[first].shape[1]}) are not "
+                      f"whole ggml blocks of 32: stored in the .gguf as float32, their quantized values exactly")
+        for r in reports:
+            if r.name in out.dequantized:
+                r.format, r.bits_per_weight = "F32", 32.0
     return reports

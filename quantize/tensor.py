@@ -136,3 +136,16 @@ def from_ggml_blocks(blocks: np.ndarray, shape: tuple[int, int], fmt) -> Quantiz
         raise ValueError(f"rows of {n_in} weights are not whole {fmt.ggml_type} blocks of {fmt.group_size}")
     n_groups = n_in // fmt.group_size
     return QuantizedTensor(fmt, shape, split_ggml_blocks(blocks, out, n_groups, fmt.planes, fmt.ggml_fields))
+
+
+def to_ggml_blocks(q: QuantizedTensor) -> np.ndarray:
+    """The inverse of from_ggml_blocks: planes -> uint8 (out, n_groups * bytes_per_group), each block
+    fp16 d (and m) then the codes. Needs a format with a ggml layout and rows of whole groups."""
+    fmt, (out, n_in) = q.fmt, q.shape
+    if fmt.ggml_type is None or n_in % fmt.group_size:
+        raise ValueError(f"{fmt.name} rows of {n_in} are not ggml blocks")
+    fields = [q.scales.reshape(out, q.n_groups, 1).view(np.uint8)]
+    if q.mins is not None:
+        fields.append(q.mins.reshape(out, q.n_groups, 1).view(np.uint8))
+    fields.append(q.qweight.reshape(out, q.n_groups, fmt.qbytes_per_group))
+    return np.concatenate(fields, axis=2).reshape(out, q.n_groups * fmt.bytes_per_group)

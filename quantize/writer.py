@@ -61,7 +61,8 @@ def _raise_terminated(signum, frame):
 
 @contextmanager
 def atomic_output(target: Path, force: bool):
-    """Yield a temporary file beside target; rename it over target only if the block succeeds."""
+    """Yield a temporary file beside target (open for writing; its path is f.name); rename it over
+    target only if the block succeeds."""
     target = Path(target)
     if target.exists() and not force:
         raise QllamaError(f"{target}: already exists (use --force to overwrite)")
@@ -74,7 +75,8 @@ def atomic_output(target: Path, force: bool):
     tmp = Path(tmp_name)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)  # a kill cleans up like Ctrl-C
     try:
-        with os.fdopen(fd, "wb") as f:
+        os.close(fd)
+        with open(tmp, "wb") as f:  # opened by name, so f.name is the path (GGUFWriter opens it too)
             yield f
             f.flush()
             os.fsync(f.fileno())

@@ -55,7 +55,9 @@ def test_a_reply_streams_and_the_second_turn_runs_only_its_tokens(chat, smollm2_
 
 def test_ctrl_c_stops_a_long_reply_and_keeps_the_chat(chat):
     child = chat("-n", "4000")
-    child.sendline("Write a very long story about a dragon who learns to cook, with many chapters.")
+    story = "Write a very long story about a dragon who learns to cook, with many chapters."
+    child.sendline(story)
+    child.expect_exact(story + "\r\n")         # the terminal's echo of the line
     child.expect(r"\w+ \w+ \w+ \w+ \w+")       # the reply is streaming
     child.sendintr()
     child.expect_exact("[reply stopped]")
