@@ -178,13 +178,15 @@ class QllamaFileOutput:
 
 def quantized_tensors(ckpt: Checkpoint, plans, moments: dict, search: bool):
     """(name, float32 array or QuantizedTensor, report) in plan order, one tensor in memory at a time."""
-    source = ckpt.path
-    for name, (tfmt, how) in plans.items():
+    source, start = ckpt.path, time.monotonic()
+    for i, (name, (tfmt, how)) in enumerate(plans.items()):
+        progress(i, len(plans), name, start)  # before the work, as the ETA line names what is being done
         t = ckpt.tensors[name]
         if how == "exact copy":
             q = from_ggml_blocks(t.raw if t.rows is None else t.raw[t.rows], t.shape, tfmt)
             yield name, q, TensorReport(name, tfmt.name, how, 8 * q.nbytes / math.prod(t.shape), 0.0,
                                         math.prod(t.shape))
+            q = None  # this frame outlives the yield: drop the tensor before the next is decoded
             t.done()
             continue
         w = t.float32()
@@ -192,6 +194,7 @@ def quantized_tensors(ckpt: Checkpoint, plans, moments: dict, search: bool):
             raise QllamaError(f"{source}: tensor {name} contains NaN or Inf values")
         if tfmt is None:
             yield name, w, TensorReport(name, "F32", how, 32.0, 0.0, w.size)
+            w = None
             t.done()
             continue
         how = how if search else "absmax"
@@ -201,6 +204,7 @@ def quantized_tensors(ckpt: Checkpoint, plans, moments: dict, search: bool):
         else:
             q = quantize_matrix(w, tfmt, None, search)
         yield name, q, TensorReport(name, tfmt.name, how, 8 * q.nbytes / w.size, relative_error(q, w), w.size)
+        q = w = None  # peak memory stays about one tensor
         t.done()
 
 
@@ -232,8 +236,7 @@ def convert_checkpoint(ckpt: Checkpoint, output, fmt: QuantFormat, embed_fmt: Qu
         moments = input_moments(ckpt, Path(calibration))
     reports, start = [], time.monotonic()
     with atomic_output(output, force) as f, open_output(f) as out:
-        for i, (name, value, report) in enumerate(quantized_tensors(ckpt, plans, moments, search)):
-            progress(i, len(plans), name, start)
+        for name, value, report in quantized_tensors(ckpt, plans, moments, search):
             out.write(name, value)
             reports.append(report)
             del value  # free this tensor before the next is decoded: peak memory stays one tensor
