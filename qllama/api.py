@@ -7,12 +7,12 @@ model's lock, so no KV cache is shared and no Numba kernel is entered by two thr
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 from .chat_format import ChatFormat
 from .errors import QllamaError
-from .generate import DEFAULT_MAX_TOKENS, TextStream, as_session, generate_tokens
+from .generate import DEFAULT_MAX_TOKENS, TextIterator, as_session
 from .sampling import SamplingParams
 
 SAMPLING_FIELDS = {f.name for f in fields(SamplingParams)}
@@ -24,44 +24,6 @@ class Completion:
     finish_reason: str      # "stop" (a stop token or string), "length" (max_tokens or the context end), "cancelled"
     prompt_tokens: int
     completion_tokens: int
-
-
-class TextIterator:
-    """The pieces of a reply as they come (each complete text: never half a UTF-8 character).
-    Once it is exhausted, finish_reason, prompt_tokens and completion_tokens say how it ended."""
-
-    def __init__(self, session, ids: list[int], max_tokens: int, stop: Sequence[str], params: SamplingParams,
-                 cancel):
-        self.session = session
-        self.prompt_tokens = len(ids)
-        self.completion_tokens = 0
-        self.finish_reason: str | None = None
-        self._pieces = self._run(ids, max_tokens, stop, params, cancel)
-
-    def __iter__(self) -> Iterator[str]:
-        return self._pieces
-
-    def __next__(self) -> str:
-        return next(self._pieces)
-
-    def _run(self, ids, max_tokens, stop, params, cancel) -> Iterator[str]:
-        session, text = self.session, None
-        tokens = generate_tokens(session, ids, max_tokens=max_tokens, params=params, cancel=cancel)
-        for token in tokens:
-            self.completion_tokens += 1
-            if text is None:        # the session holds the context now, and not yet this token
-                text = TextStream(session.tokenizer, session.tokens, stop)
-            piece = text.add(token)
-            if piece:
-                yield piece
-            if text.stopped:
-                tokens.close()
-                self.finish_reason = "stop"
-                return
-        rest = text.finish() if text is not None else ""
-        if rest:
-            yield rest
-        self.finish_reason = {"context": "length"}.get(session.finish_reason, session.finish_reason)
 
 
 class TextAPI:
@@ -83,7 +45,7 @@ class TextAPI:
         generation within one token (or one prefill chunk), keeping what was generated."""
         session = session or as_session(self)
         ids = self._tokenizer().encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
-        return TextIterator(session, ids, max_tokens, stop, sampling_params(sampling), cancel)
+        return TextIterator(session, ids, stop, max_tokens=max_tokens, params=sampling_params(sampling), cancel=cancel)
 
     def complete(self, prompt, **options) -> Completion:
         """The continuation of prompt, whole: text, finish reason and token counts (options as stream())."""

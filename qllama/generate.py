@@ -129,20 +129,47 @@ class TextStream:
         return out
 
 
-def generate_text(target, prompt, stop: Sequence[str] = (), **kwargs) -> Iterator[str]:
-    """Yield text pieces as they are generated; stops before any of the `stop` strings.
-    The pieces are exactly what decoding the whole sequence adds to the decoded context, so a
-    SentencePiece word keeps its leading space after the prompt."""
-    session = as_session(target)
-    text = None
-    for token in generate_tokens(session, prompt, **kwargs):
-        if text is None:        # the session holds the context now, and not yet this token
-            text = TextStream(session.tokenizer, session.tokens, stop)
-        piece = text.add(token)
-        if piece:
-            yield piece
-        if text.stopped:
-            return
-    rest = text.finish() if text is not None else ""
-    if rest:
-        yield rest
+class TextIterator:
+    """The text pieces of a generation as they come (each complete text: never half a UTF-8
+    character; never a stop string). Once exhausted, finish_reason, prompt_tokens and
+    completion_tokens say how it ended. generate: generate_tokens' options."""
+
+    def __init__(self, session, prompt, stop: Sequence[str] = (), **generate):
+        self.session = session
+        ids = encode_prompt(session, prompt)
+        self.prompt_tokens = len(ids)
+        self.completion_tokens = 0
+        self.finish_reason: str | None = None
+        self._pieces = self._run(ids, stop, generate)
+
+    def __iter__(self) -> Iterator[str]:
+        return self._pieces
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    def _run(self, ids, stop, generate) -> Iterator[str]:
+        session, text = self.session, None
+        tokens = generate_tokens(session, ids, **generate)
+        for token in tokens:
+            self.completion_tokens += 1
+            if text is None:        # the session holds the context now, and not yet this token
+                text = TextStream(session.tokenizer, session.tokens, stop)
+            piece = text.add(token)
+            if piece:
+                yield piece
+            if text.stopped:
+                tokens.close()
+                self.finish_reason = "stop"
+                return
+        rest = text.finish() if text is not None else ""
+        if rest:
+            yield rest
+        self.finish_reason = {"context": "length"}.get(session.finish_reason, session.finish_reason)
+
+
+def generate_text(target, prompt, stop: Sequence[str] = (), **kwargs) -> TextIterator:
+    """Text pieces as they are generated, stopping before any of the `stop` strings. The pieces are
+    exactly what decoding the whole sequence adds to the decoded context, so a SentencePiece word
+    keeps its leading space after the prompt."""
+    return TextIterator(as_session(target), prompt, stop, **kwargs)
