@@ -10,7 +10,9 @@
    heads, hidden 11008, vocab 32000) are random-weight GGUFs written once per ggml type into the
    work folder and reused: normal * 0.02 from numpy's default_rng (one seeded generator per tensor,
    so the bytes are reproducible), norms ones, every matrix (token_embd and output too) in the
-   requested type via gguf.quants.quantize. The file carries general.architecture = llama, the
+   requested type via gguf.quants.quantize. Types named lcpp-* are what users download: the f16
+   random model run through llama.cpp's own quantizer (llama_model_quantize), with its tensor mix
+   (Q4_K_M: Q6_K for output.weight and part of attn_v / ffn_down). The file carries general.architecture = llama, the
    llama.* hyperparameters and the tokenizer.ggml.* keys of the LLaMA SPM vocabulary from
    ../shared/models/llama-tokenizer, so llama.cpp accepts it. It is written tensor by tensor
    (GGUFWriter.add_tensor_info, then write_tensor_data), so at most one tensor is in memory.
@@ -22,7 +24,8 @@
    timed `llm.eval(ids)` of 128 or 512 random token ids from position 0 (after `llm.reset()`), and
    decode evals 65 random tokens one at a time after an 8-token prompt, the timer starting after
    the first (qllama's rule; qllama's decode also samples greedily, which costs an argmax). Each
-   timed eval ends with llama_synchronize. Load time is excluded from both. Run it on an idle
+   timed eval ends with llama_synchronize. Load time (the file in the page cache: every run after
+   the first) and the child's peak RSS (VmHWM) are reported apart from the speeds. Run it on an idle
    machine: with a core taken by other work, threads that wait on each other (OpenMP in
    llama.cpp, Numba in qllama) slow down by orders of magnitude; the report gives the load average.
 3. Prints a Markdown table, ready for bench/RESULTS.md: the median of each measure (min-max when
@@ -80,7 +83,11 @@ SHAPES = {
     "llama7b": Shape(4096, 32, 32, 32, 11008, 32000, 4096),
     "tiny": Shape(256, 2, 4, 2, 704, 32000, 2048),          # hidden: only to check the script works
 }
-FILE_TYPES = {"q4_0": "MOSTLY_Q4_0", "q8_0": "MOSTLY_Q8_0"}  # gguf.LlamaFileType members
+FILE_TYPES = {"q4_0": "MOSTLY_Q4_0", "q8_0": "MOSTLY_Q8_0", "f16": "MOSTLY_F16"}  # gguf.LlamaFileType members
+# made the way published GGUFs are: the F16 random model run through llama.cpp's own quantizer
+# (llama_model_quantize: its tensor mix, e.g. Q6_K for output.weight even in a Q4_0 file)
+LLAMACPP_TYPES = {"lcpp-q4_0": "MOSTLY_Q4_0", "lcpp-q4_k_m": "MOSTLY_Q4_K_M", "lcpp-q6_k": "MOSTLY_Q6_K",
+                  "lcpp-q5_k_m": "MOSTLY_Q5_K_M", "lcpp-q8_0": "MOSTLY_Q8_0"}
 
 
 # ---------------------------------------------------------------- the random-weight GGUF
@@ -128,7 +135,7 @@ def random_tensor(index: int, shape: tuple[int, ...], qtype):
         r1 = min(r0 + step, rows)
         w = rng.standard_normal((r1 - r0, cols), dtype=np.float32)
         w *= 0.02
-        out[r0:r1] = gguf.quants.quantize(w, qtype)
+        out[r0:r1] = gguf.quants.quantize(w, qtype).view(np.uint8)    # F16 comes back as float16
     return out
 
 
@@ -189,6 +196,22 @@ def write_random_gguf(path: Path, name: str, s: Shape, type_name: str, vocab_pat
     os.replace(tmp, path)
 
 
+def llamacpp_quantized(source: Path, path: Path, ftype: str) -> Path:
+    """llama.cpp's quantizer (llama_model_quantize, all cores) on the F16 file -> path, via a .part file."""
+    import llama_cpp
+    tmp = path.with_name(path.name + ".part")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, "LLAMA_FTYPE_" + ftype)
+    params.nthread = os.cpu_count() or 1
+    print(f"quantizing {source.name} to {ftype} with llama.cpp", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    if llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), params) != 0:
+        raise SystemExit(f"error: llama.cpp could not quantize {source} to {ftype}")
+    os.replace(tmp, path)
+    print(f"  {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    return path
+
+
 def check_gguf(path: Path, tensors, qtype) -> None:
     """Read the file back: the same tensors, shapes and types, and every byte within the file."""
     import gguf
@@ -213,6 +236,8 @@ def model_file(shape: str, type_name: str, workdir: Path) -> Path:
     if path.exists():
         print(f"reusing {path}", file=sys.stderr)
         return path
+    if type_name in LLAMACPP_TYPES:
+        return llamacpp_quantized(model_file(shape, "f16", workdir), path, LLAMACPP_TYPES[type_name])
     if not VOCAB_GGUF.exists():
         raise SystemExit(f"error: {VOCAB_GGUF} (the LLaMA vocabulary the random model carries) is missing")
     import gguf
@@ -248,7 +273,7 @@ def child_qllama(path: Path, threads: int) -> dict:
     from qllama.benchmark import bench
     r = bench(lambda: qllama.load(path, ctx=N_CTX), PREFILL_LENGTHS, N_DECODE, seed=SEED)
     return {"prefill": r.prefill_tok_s, "decode": r.decode_tok_s, "load_s": r.load_s,
-            "threads": numba.get_num_threads()}
+            "threads": numba.get_num_threads(), "peak_mib": peak_rss_mib()}
 
 
 def child_llamacpp(path: Path, threads: int) -> dict:
@@ -287,7 +312,15 @@ def child_llamacpp(path: Path, threads: int) -> dict:
     decode = N_DECODE / (time.perf_counter() - t)
     if hasattr(llm, "close"):
         llm.close()
-    return {"prefill": prefill, "decode": decode, "load_s": load_s, "threads": threads}
+    return {"prefill": prefill, "decode": decode, "load_s": load_s, "threads": threads, "peak_mib": peak_rss_mib()}
+
+
+def peak_rss_mib() -> float:
+    """This process's own peak resident set (VmHWM; ru_maxrss would carry the parent's at fork)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def run_child(which: str, path: Path, threads: int) -> dict:
@@ -359,6 +392,10 @@ def report(args, command: str, results: list[dict]) -> str:
         lines.append(f"|  |  | decode tok/s | {cell(qv, 2)} | {cell(lv, 2)} | {ratio(qv, lv)} |")
         qg, lg = [v * size / GB for v in qv], [v * size / GB for v in lv]
         lines.append(f"|  |  | decode GB/s | {cell(qg, 2)} | {cell(lg, 2)} | {ratio(qg, lg)} |")
+        qv, lv = [x["load_s"] for x in q], [x["load_s"] for x in l]
+        lines.append(f"|  |  | load s (warm page cache) | {cell(qv, 2)} | {cell(lv, 2)} | {ratio(qv, lv)} |")
+        qv, lv = [x["peak_mib"] for x in q], [x["peak_mib"] for x in l]
+        lines.append(f"|  |  | peak RSS MiB | {cell(qv, 0)} | {cell(lv, 0)} | {ratio(qv, lv)} |")
     return "\n".join(lines)
 
 
@@ -369,7 +406,9 @@ def main() -> None:
     parser.add_argument("--shape", default="smollm2", choices=["smollm2", *SHAPES],
                         metavar="{smollm2,tinyllama,llama7b}", help="Model shape (default smollm2, the real model).")
     parser.add_argument("--types", default="q4_0,q8_0",
-                        help="Comma-separated ggml types of the random models (default q4_0,q8_0).")
+                        help="Comma-separated ggml types of the random models (default q4_0,q8_0): "
+                             "q4_0, q8_0, f16 written by the gguf package, or lcpp-q4_0, lcpp-q4_k_m, "
+                             "lcpp-q5_k_m, lcpp-q6_k, lcpp-q8_0: the f16 model through llama.cpp's quantizer.")
     parser.add_argument("--threads", type=int, default=2, help="Threads for both runtimes (default 2).")
     parser.add_argument("--runs", type=int, default=3, help="Runs of each runtime, interleaved (default 3).")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/qllama-bench-llamacpp"),
@@ -396,9 +435,10 @@ def main() -> None:
         types = ["q4_1"]
     else:
         types = [t.strip().lower() for t in args.types.split(",") if t.strip()]
-        bad = [t for t in types if t not in FILE_TYPES]
+        bad = [t for t in types if t not in FILE_TYPES and t not in LLAMACPP_TYPES]
         if not types or bad:
-            parser.error(f"--types: {', '.join(bad) or 'none given'}; known: {', '.join(FILE_TYPES)}")
+            parser.error(f"--types: {', '.join(bad) or 'none given'}; known: "
+                         f"{', '.join([*FILE_TYPES, *LLAMACPP_TYPES])}")
     command = shlex.join(["python", "bench/vs_llamacpp.py", *sys.argv[1:]])
     args.load_average = os.getloadavg()[0]
     if args.load_average > 0.5:

@@ -13,7 +13,7 @@ import functools
 import numba as nb
 import numpy as np
 
-from . import layout
+from . import layout, repack
 from .jit import kernel
 from .kquant_ir import kquant_dot
 from .layout import ROWS, Prepared
@@ -25,25 +25,22 @@ TOKEN_CHUNK = 64                   # prefill's tokens per pass over the rows (as
 _dot_8, _dot_4, _dot_1 = kquant_dot(8), kquant_dot(4), kquant_dot(1)
 
 
-def prepare(q, path: int) -> Prepared:
-    """A k-quant's planes (quantize/tensor.QuantizedTensor) -> the interleaved, padded copies and the
-    kernel: planes (qweight, qh, subscales, scales, mins) in the kernel's argument order."""
-    fmt = q.fmt
-    rows = q.shape[0]
-    padded = -(-rows // ROWS) * ROWS
+def prepare(parts: list, path: int) -> Prepared:
+    """A k-quant matrix's stored bytes (repack.Stored: ggml blocks or planes; several parts are
+    fused one after another) -> interleaved planes, the rows padded with zero rows to whole blocks
+    of eight, and the kernel: planes (qweight, qh, subscales, scales, mins) in its argument order."""
+    fmt = parts[0].fmt
+    specs = {p.name: p for p in fmt.planes}
+    packed, bad = repack.pack(parts, [repack.PlaneLayout(p.name, p.chunk) for p in fmt.planes],
+                              interleave=True, pad_rows=True)
     arrays = []
     for name in ("qweight", "qh", "subscales", "scales", "mins"):
-        spec = next((p for p in fmt.planes if p.name == name), None)
-        if spec is None:
+        if name not in specs:
             arrays.append(ABSENT_F16 if name == "mins" else ABSENT)
-            continue
-        plane = np.ascontiguousarray(q.planes[name]).view(np.uint8)
-        if padded != rows:
-            plane = np.concatenate([plane, np.zeros((padded - rows, plane.shape[1]), np.uint8)])
-        plane = layout.interleave_bytes(plane, spec.nbytes, spec.chunk)
-        arrays.append(plane.view(np.uint16) if spec.dtype == "F16" else plane)
+        else:
+            arrays.append(packed[name].view(np.uint16) if specs[name].dtype == "F16" else packed[name])
     v = variant(fmt, path)
-    return Prepared(tuple(arrays), matmul_kernel(v), padded, True, v)
+    return Prepared(tuple(arrays), matmul_kernel(v), arrays[0].shape[0], True, v, finite=bad == 0)
 
 
 def dequantize_rows(lin, ids) -> np.ndarray:

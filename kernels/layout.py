@@ -23,11 +23,13 @@ class Prepared:
     out_rows: int            # rows the kernel writes: the matrix's, or padded to whole blocks
     interleaved: bool
     variant: int             # vector_ir.variant: format and path
+    finite: bool = True      # every fp16 scale and min is finite (repack.pack counts the others)
 
 
 def interleave_bytes(plane: np.ndarray, block_bytes: int, chunk: int) -> np.ndarray:
     """(rows, n_blocks * block_bytes) uint8, rows a multiple of 8 -> a new array, same shape: per
-    block of eight rows and per format block, each `chunk` bytes of the eight rows in turn."""
+    block of eight rows and per format block, each `chunk` bytes of the eight rows in turn. The
+    numpy statement of the layout, which repack.py's kernel makes at load (tests/test_repack.py)."""
     rows, width = plane.shape
     blocks = plane.reshape(rows // ROWS, ROWS, width // block_bytes, block_bytes // chunk, chunk)
     return np.ascontiguousarray(blocks.transpose(0, 2, 3, 1, 4)).reshape(rows, width)
@@ -43,25 +45,6 @@ def row_bytes(plane: np.ndarray, block_bytes: int, chunk: int, r: int) -> np.nda
 def whole_rows(a: np.ndarray) -> int:
     """The rows of a plane in whole blocks, which are interleaved; the rest are as stored."""
     return a.shape[0] // ROWS * ROWS
-
-
-def interleave_codes(codes: np.ndarray, group_bytes: int) -> np.ndarray:
-    """(rows, n_groups * group_bytes) codes -> a new array, same shape, interleaved."""
-    whole, out = whole_rows(codes), np.empty_like(codes)
-    n_groups = codes.shape[1] // group_bytes
-    blocks = codes[:whole].reshape(-1, ROWS, n_groups, group_bytes // 4, 4)
-    out[:whole] = blocks.transpose(0, 2, 3, 1, 4).reshape(whole, codes.shape[1])
-    out[whole:] = codes[whole:]
-    return out
-
-
-def interleave_groups(per_group: np.ndarray) -> np.ndarray:
-    """(rows, n_groups) scales or mins -> a new array, same shape, each block's (row, group) -> (group, row)."""
-    whole, out = whole_rows(per_group), np.empty_like(per_group)
-    blocks = per_group[:whole].reshape(-1, ROWS, per_group.shape[1])
-    out[:whole] = blocks.transpose(0, 2, 1).reshape(whole, per_group.shape[1])
-    out[whole:] = per_group[whole:]
-    return out
 
 
 def row_codes(codes: np.ndarray, group_bytes: int, r: int) -> np.ndarray:

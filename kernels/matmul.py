@@ -20,7 +20,7 @@ import functools
 import numba as nb
 import numpy as np
 
-from . import layout
+from . import layout, repack
 from .interleaved_ir import BIAS_8BIT, block_dot
 from .layout import ROWS as BLOCK, Prepared, whole_rows
 from .jit import by_rows, kernel
@@ -83,30 +83,22 @@ def interleaves(fmt, path: int) -> bool:
     return fmt.bits == 4 or path != AVX2
 
 
-def bias_codes(codes: np.ndarray) -> np.ndarray:
-    """Interleaved 8-bit codes of whole blocks, in place, signed <-> stored + 128 (the top bit flipped)."""
-    codes[:whole_rows(codes)] ^= np.uint8(BIAS_8BIT)
-    return codes
-
-
-def prepare(q, path: int) -> Prepared:
-    """A group-wise format's planes (quantize/tensor.QuantizedTensor) -> the arrays and kernel that
-    multiply them: interleaved copies where interleaves() says so, else the planes as they are."""
-    fmt = q.fmt
-    qweight = np.ascontiguousarray(q.qweight)
-    scales = np.ascontiguousarray(q.scales).view(np.uint16)     # fp16 bits, read by the kernels
-    mins = NO_MINS if q.mins is None else np.ascontiguousarray(q.mins).view(np.uint16)
+def prepare(parts: list, path: int) -> Prepared:
+    """A group-wise matrix's stored bytes (repack.Stored: ggml blocks or planes; several parts are
+    fused one after another) -> the arrays and kernel that multiply them: 8-row interleaved where
+    interleaves() says so (the 8-bit codes biased), else the planes in row order."""
+    fmt = parts[0].fmt
     interleaved = interleaves(fmt, path)
-    if interleaved:
-        qweight = layout.interleave_codes(qweight, fmt.qbytes_per_group)
-        if fmt.bits == 8:
-            bias_codes(qweight)
-        scales = layout.interleave_groups(scales)
-        mins = mins if q.mins is None else layout.interleave_groups(mins)
-    elif path == AVX512 and fmt.group_size == 32 and scales.shape[1] % 2:
+    layouts = [repack.PlaneLayout("qweight", 4, BIAS_8BIT if fmt.bits == 8 else 0), repack.PlaneLayout("scales", 2)]
+    if not fmt.symmetric:
+        layouts.append(repack.PlaneLayout("mins", 2))
+    packed, bad = repack.pack(parts, layouts, interleave=interleaved, pad_rows=False)
+    qweight, scales = packed["qweight"], packed["scales"].view(np.uint16)     # fp16 bits, read by the kernels
+    mins = packed["mins"].view(np.uint16) if "mins" in packed else NO_MINS
+    if not interleaved and path == AVX512 and fmt.group_size == 32 and scales.shape[1] % 2:
         path = AVX2                 # the avx512 row-tile kernel takes groups of 32 in pairs
     v = variant(fmt, path)
-    return Prepared((qweight, scales, mins), matmul_kernel(v), q.shape[0], interleaved, v)
+    return Prepared((qweight, scales, mins), matmul_kernel(v), qweight.shape[0], interleaved, v, finite=bad == 0)
 
 
 def dequantize_rows(lin, ids) -> np.ndarray:
@@ -138,7 +130,7 @@ def row_kernels(lin, typeof) -> list:
 @functools.cache
 def matmul_kernel(variant: int):
     """The compiled matmul for one format and path (vector_ir.variant()), reading planes as
-    interleaves() says (8-bit interleaved codes biased by bias_codes)."""
+    interleaves() says (8-bit interleaved codes biased: prepare)."""
     fmt, path = unpack_variant(variant)
     return _interleaved_kernel(variant) if interleaves(fmt, path) else _row_tile_kernel(variant)
 

@@ -198,7 +198,7 @@ def info(model, tokenizer):
     click.echo(f"tensors:     {len(ckpt.tensors)} ({', '.join(f'{n} {d}' for d, n in sorted(dtypes.items()))})")
     click.echo("model args:")
     for key, value in vars(ckpt.args).items():
-        click.echo(f"  {key:26s} {value}")
+        click.echo(f"  {key:26s} {summary(value)}")
     for key, value in ckpt.metadata.items():
         click.echo(f"{key + ':':12s} {value}")
     tok = ckpt.tokenizer
@@ -234,6 +234,13 @@ def perplexity(textfile, model, ctx, tokenizer, threads, kv_dtype, reference):
     ref = open_model(reference, None, tokenizer) if reference else None
     result = perplexity(m, text, ctx=ctx, reference=ref, progress=print_progress if sys.stderr.isatty() else None)
     click.echo(format_report(result))
+
+
+def summary(value) -> str:
+    """A value for one line of `info`: a long tuple (Llama 3's 64 RoPE factors) as its count and range."""
+    if isinstance(value, tuple) and len(value) > 8:
+        return f"{len(value)} values, {min(value):g} .. {max(value):g}"
+    return str(value)
 
 
 def list_formats(ctx, _param, value):

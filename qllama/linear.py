@@ -10,13 +10,12 @@ rows up (`dequantize_rows`).
 """
 from __future__ import annotations
 
-import copy
 import importlib
 import os
 
 import numpy as np
 
-from .kernels import layout
+from .kernels import layout, repack
 from .kernels.matmul import quantize_activations
 from .kernels.vector_ir import PORTABLE, best_path
 from .quantize.tensor import QuantizedTensor
@@ -44,17 +43,24 @@ class DenseLinear:
 
 
 class QuantLinear:
-    def __init__(self, q: QuantizedTensor, path: int = DEFAULT_PATH):
-        self.fmt, self.shape = q.fmt, q.shape
-        # the fp16 scales (and mins) are the only floats in the planes: all finite? (Model refuses if not)
-        self.finite = all(np.isfinite(p).all() for p in q.planes.values() if p.dtype == np.float16)
-        self.kernels = kernels_of(q.fmt)
-        prepared = self.kernels.prepare(q, path)
+    """A quantized matrix laid out for its kernel. q: a QuantizedTensor, or the stored bytes of one
+    matrix or of several that multiply the same input (repack.Stored: ggml blocks or planes), which
+    become one matrix, their rows one after another (`splits`: where each part's outputs begin):
+    a layer's q, k, v in one call, the activation quantized once and the threads woken once."""
+    def __init__(self, q: QuantizedTensor | list, path: int = DEFAULT_PATH):
+        parts = [repack.stored_planes(q)] if isinstance(q, QuantizedTensor) else q
+        self.fmt = parts[0].fmt
+        self.shape = (sum(p.shape[0] for p in parts), parts[0].shape[1])
+        self.kernels = kernels_of(self.fmt)
+        prepared = self.kernels.prepare(parts, path)
         self.planes, self.matmul = prepared.planes, prepared.matmul
         self.out_rows, self.interleaved, self.variant = prepared.out_rows, prepared.interleaved, prepared.variant
-        self.in_padded = q.n_groups * q.fmt.group_size
-        self.act_group = q.fmt.act_group
-        self.nbytes = q.nbytes
+        # the fp16 scales (and mins) are the only floats in the planes: all finite? (Model refuses if not)
+        self.finite = prepared.finite
+        self.in_padded = parts[0].n_blocks * self.fmt.group_size
+        self.act_group = self.fmt.act_group
+        self.nbytes = sum(p.nbytes for p in parts)
+        self.splits = np.cumsum([p.shape[0] for p in parts])[:-1]   # the output's columns where parts begin
 
     def _padded(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -76,24 +82,8 @@ class QuantLinear:
         return self.kernels.dequantize_rows(self, ids)[:, :self.shape[1]]
 
 
-def stacked(parts: list) -> QuantLinear | None:
-    """One QuantLinear for matrices that multiply the same input (a layer's q, k, v; gate and up),
-    their rows one after another: one call (activation quantized once, threads woken once) instead
-    of several, which is most of the time of a small model's small matrices in decode. None where
-    the parts differ in format, kernel or input, or a part's rows would split an interleaved block."""
+def fusable(parts: list) -> bool:
+    """Whether matrices' stored bytes (repack.Stored) can make one QuantLinear: one format and input
+    width, and rows in whole blocks of eight (so no part's rows split an interleaved block)."""
     first = parts[0]
-    if not all(isinstance(p, QuantLinear) for p in parts):
-        return None
-    same = (first.fmt, first.matmul, first.shape[1], tuple(a.shape[1:] for a in first.planes))
-    if not all(same == (p.fmt, p.matmul, p.shape[1], tuple(a.shape[1:] for a in p.planes)) for p in parts):
-        return None
-    if any(p.out_rows != p.shape[0] for p in parts) or (first.interleaved and any(p.shape[0] % layout.ROWS for p in parts)):
-        return None
-    fused = copy.copy(first)
-    fused.planes = tuple(a if a.size == 0 else np.concatenate(arrays) for a, *arrays in
-                         zip(first.planes, *(p.planes for p in parts)))
-    fused.shape = (sum(p.shape[0] for p in parts), first.shape[1])
-    fused.out_rows = fused.shape[0]
-    fused.nbytes = sum(p.nbytes for p in parts)
-    fused.splits = np.cumsum([p.shape[0] for p in parts])[:-1]   # the output's columns where parts begin
-    return fused
+    return all(p.fmt == first.fmt and p.shape[1] == first.shape[1] and p.shape[0] % layout.ROWS == 0 for p in parts)

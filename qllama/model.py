@@ -23,9 +23,10 @@ from .errors import QllamaError
 from .kernels import elementwise
 from .kernels.attention import attention as attention_kernel
 from .kernels.warmup import prepare_kernels
-from .linear import DenseLinear, QuantLinear, stacked
+from .kernels.repack import Stored, stored_ggml, stored_planes
+from .linear import DenseLinear, QuantLinear, fusable
 from .quantize.formats import BY_GGML_TYPE, nearest_format
-from .quantize.tensor import from_ggml_blocks, requantize
+from .quantize.tensor import requantize
 from .rope import apply_rope, inverse_frequencies, rope_at
 from .session import Session
 
@@ -176,21 +177,7 @@ class Model(TextAPI):
         if kv_dtype not in KV_DTYPES:
             raise QllamaError(f"KV cache type {kv_dtype!r} is not one of {', '.join(KV_DTYPES)}")
         self.kv_dtype = KV_DTYPES[kv_dtype]
-        requantized = {}
-        self.weights = {name: finite(checkpoint.path, name, build_weight(t, reference, requantized))
-                        for name, t in checkpoint.tensors.items()}
-        if requantized:
-            print(f"qllama: {checkpoint.path.name}: no kernels for " + ", ".join(
-                f"{source} ({n} tensors, requantized to {target})" for (source, target), n in requantized.items())
-                + " at load", file=sys.stderr)
-        for i in range(self.args.n_layers):
-            for names, fused_name in STACKED.items():
-                prefix = f"model.layers.{i}."
-                fused = stacked([self.weights[prefix + name] for name in names])
-                if fused is not None:       # the parts' arrays are dropped with them
-                    self.weights[prefix + fused_name] = fused
-                    for name in names:
-                        del self.weights[prefix + name]
+        self.weights = load_weights(checkpoint, reference, self.args.n_layers)
         if checkpoint.release is not None:
             # the kernels read copies (or map the pages again where they read the file's planes):
             # whatever the copying mapped, in pages or in the page cache's large folios, goes
@@ -267,6 +254,43 @@ class Model(TextAPI):
         return self.session.generate(prompt, **kwargs)
 
 
+def load_weights(checkpoint: Checkpoint, reference: bool, n_layers: int) -> dict:
+    """The checkpoint's tensors -> {name: float32 vector, DenseLinear or QuantLinear}. Matrices with
+    quantized bytes are laid out for their kernels a group at a time (one tensor, or a layer's
+    q, k, v or gate, up fused into one QuantLinear), so at most one group's requantized planes or
+    mapped pages are held besides the result."""
+    path, tensors, weights, requantized = checkpoint.path, checkpoint.tensors, {}, {}
+    fused = {}                                  # first part's name -> (fused name, the parts' names)
+    for i in range(n_layers):
+        for names, fused_name in STACKED.items():
+            parts = [f"model.layers.{i}.{n}" for n in names]
+            if all(p in tensors for p in parts):
+                fused[parts[0]] = (f"model.layers.{i}.{fused_name}", parts)
+    grouped = {p for _, parts in fused.values() for p in parts}
+    for name in tensors:
+        if name in grouped and name not in fused:
+            continue                            # laid out with the group's first part
+        group_name, names = fused.get(name, (name, [name]))
+        stored = [None if reference else stored_bytes(tensors[n], requantized) for n in names]
+        if len(names) > 1 and all(stored) and fusable(stored):
+            lin = QuantLinear(stored)
+            if not lin.finite:                  # name the part that holds it
+                refuse_nonfinite(path, next(n for n, s in zip(names, stored) if not QuantLinear([s]).finite))
+            weights[group_name] = lin
+            continue
+        for n, s in zip(names, stored):
+            weights[n] = finite(path, n, QuantLinear([s]) if s is not None else dense_weight(tensors[n]))
+    if requantized:
+        print(f"qllama: {path.name}: no kernels for " + ", ".join(
+            f"{source} ({n} tensors, requantized to {target})" for (source, target), n in requantized.items())
+            + " at load", file=sys.stderr)
+    return weights
+
+
+def refuse_nonfinite(path, name: str):
+    raise QllamaError(f"{path}: tensor {name} holds NaN or infinite values")
+
+
 def finite(path, name: str, weight):
     """weight, when its float values (for quantized planes: the fp16 scales and mins) are all finite.
     A NaN makes every logit NaN on the reference path, yet the fast path's int8 activation codes are
@@ -276,35 +300,36 @@ def finite(path, name: str, weight):
     else:
         ok = np.isfinite(weight.weight if isinstance(weight, DenseLinear) else weight).all()
     if not ok:
-        raise QllamaError(f"{path}: tensor {name} holds NaN or infinite values")
+        refuse_nonfinite(path, name)
     return weight
 
 
-def build_weight(t: SourceTensor, reference: bool, requantized: dict | None = None):
-    """Vectors -> float32 arrays; matrices -> QuantLinear over their planes when the source has them
-    (qllama files, GGUF types with a table entry: Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K); other quantized
-    GGUF types requantized, a block of rows at a time, into the nearest table format at or above
-    their bits per weight (counted in `requantized`: (type, format) -> tensors); float matrices
-    DenseLinear. reference=True: float32 everywhere."""
+def stored_bytes(t: SourceTensor, requantized: dict) -> Stored | None:
+    """A matrix's quantized bytes for the kernels (repack.Stored), or None for vectors and float
+    matrices: qllama files' planes, GGUF types with a table entry (Q8_0, Q4_0, Q4_1, Q4_K, Q5_K,
+    Q6_K) as their blocks; other quantized GGUF types requantized, a block of rows at a time, into
+    the nearest table format at or above their bits per weight (counted in `requantized`:
+    (type, format) -> tensors). The source's pages are dropped once the kernels' copy is made."""
     if len(t.shape) == 1:
-        return np.array(t.float32())    # a copy: the forward pass then never touches the file's pages
-    if not reference:
-        if t.quantized is not None:
-            lin = QuantLinear(t.quantized)
-            if lin.interleaved:     # the kernels read a copy: the file's pages leave this process
-                t.done()
-            return lin
-        if t.dtype in BY_GGML_TYPE:     # the reader checked that rows are whole blocks
-            lin = QuantLinear(from_ggml_blocks(t.raw if t.rows is None else t.raw[t.rows], t.shape, BY_GGML_TYPE[t.dtype]))
-            t.done()                # the planes are copies of the blocks
-            return lin
-        if t.dtype not in FLOAT_TYPES:
-            fmt = nearest_format(ggml_bits_per_weight(t.dtype))
-            lin = QuantLinear(requantize(t.raw, t.rows, t.decode, t.shape, fmt))
-            t.done()
-            if requantized is not None:
-                requantized[t.dtype, fmt.name] = requantized.get((t.dtype, fmt.name), 0) + 1
-            return lin
+        return None
+    if t.quantized is not None:
+        return stored_planes(t.quantized, done=t.done)
+    if t.dtype in BY_GGML_TYPE:     # the reader checked that rows are whole blocks
+        return stored_ggml(t.raw, t.shape, BY_GGML_TYPE[t.dtype], t.rows, done=t.done)
+    if t.dtype not in FLOAT_TYPES:
+        fmt = nearest_format(ggml_bits_per_weight(t.dtype))
+        q = requantize(t.raw, t.rows, t.decode, t.shape, fmt)
+        t.done()
+        requantized[t.dtype, fmt.name] = requantized.get((t.dtype, fmt.name), 0) + 1
+        return stored_planes(q)
+    return None
+
+
+def dense_weight(t: SourceTensor):
+    """Vectors -> float32 arrays (copies: the forward pass then never touches the file's pages);
+    float matrices (and every matrix on the reference path) -> DenseLinear, float32."""
+    if len(t.shape) == 1:
+        return np.array(t.float32())
     return DenseLinear(t.float32())
 
 

@@ -56,18 +56,23 @@ def test_kernels_match_the_reference_dequantize(fmt, rows, cols, path):
     assert np.array_equal(lin.rows(ids), ref[ids].astype(np.float32))
 
 
-def test_stacked_matrices_multiply_as_their_parts():
-    from qllama.linear import stacked
-    fmt = FORMATS["q4_g32"]
-    parts = [QuantLinear(quantize_matrix(RNG.standard_normal((rows, 96)).astype(np.float32), fmt)) for rows in (16, 8, 24)]
-    fused = stacked(parts)
+@pytest.mark.parametrize("name", ["q4_g32", "q8_g32", "q4a_g64", "q6_k", "q4_k"])
+def test_fused_matrices_multiply_as_their_parts(name):
+    from qllama.kernels.repack import stored_planes
+    from qllama.linear import fusable
+    fmt, cols = FORMATS[name], 256 if name.endswith("_k") else 96
+    qs = [quantize_matrix(RNG.standard_normal((rows, cols)).astype(np.float32), fmt) for rows in (16, 8, 24)]
+    parts = [QuantLinear(q) for q in qs]
+    fused = QuantLinear([stored_planes(q) for q in qs])
+    assert fused.shape == (48, cols) and list(fused.splits) == [16, 24]
     for n in (1, 13):
-        x = RNG.standard_normal((n, 96)).astype(np.float32)
+        x = RNG.standard_normal((n, cols)).astype(np.float32)
         assert np.array_equal(fused(x), np.concatenate([p(x) for p in parts], axis=1))   # rows are independent
-    odd = QuantLinear(quantize_matrix(RNG.standard_normal((12, 96)).astype(np.float32), fmt))
-    assert stacked([parts[0], odd]) is None                     # 12 rows would split an interleaved block
-    assert stacked([parts[0], QuantLinear(quantize_matrix(RNG.standard_normal((8, 96)).astype(np.float32),
-                                                          FORMATS["q8_g32"]))]) is None
+    assert np.array_equal(fused.rows([47, 0, 20]), np.concatenate([p.rows(ids) for p, ids in zip(parts, ([0], [4], [23]))])[[2, 0, 1]])
+    odd = quantize_matrix(RNG.standard_normal((12, cols)).astype(np.float32), fmt)
+    assert not fusable([stored_planes(qs[0]), stored_planes(odd)])    # 12 rows would split an interleaved block
+    other = quantize_matrix(RNG.standard_normal((8, cols)).astype(np.float32), FORMATS["q8_g32" if name != "q8_g32" else "q4_g32"])
+    assert not fusable([stored_planes(qs[0]), stored_planes(other)])
 
 
 def greedy(model, prompt, n):
