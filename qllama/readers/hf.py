@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..checkpoint import Checkpoint, SourceTensor, check_tensors
 from ..config import ModelArgs
+from ..config_values import Values
 from ..errors import QllamaError
 from .safetensors_file import SafetensorsFile, to_float32
 
@@ -47,7 +48,10 @@ def weight_files(folder: Path) -> list[Path]:
 def read_chat_template(folder: Path) -> str | None:
     jinja = folder / "chat_template.jinja"
     if jinja.exists():
-        return jinja.read_text(encoding="utf-8")
+        try:
+            return jinja.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise QllamaError(f"{jinja}: cannot read the chat template ({e})") from None
     cfg_path = folder / "tokenizer_config.json"
     template = read_json(cfg_path).get("chat_template") if cfg_path.exists() else None
     if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
@@ -86,7 +90,7 @@ def read_hf_folder(folder: Path, tokenizer_path=None) -> Checkpoint:
                 raise QllamaError(f"{file}: tensor {name} has dtype {dtype}; expected F32, F16 or BF16")
             tensors[name] = SourceTensor(tuple(raw.shape), dtype, raw, lambda a, d=dtype: to_float32(a, d),
                                          release=lambda st=st, n=name: st.release(n))
-    tied = bool(cfg.get("tie_word_embeddings", False)) or "lm_head.weight" not in tensors
+    tied = Values(cfg, str(config_path)).bool("tie_word_embeddings", False) or "lm_head.weight" not in tensors
     if tied:
         tensors.pop("lm_head.weight", None)
     args = ModelArgs.from_hf_config({**cfg, "tie_word_embeddings": tied}, str(config_path))
