@@ -20,6 +20,10 @@ import traceback
 from pathlib import Path
 
 import qllama.cli
+# what the commands import lazily, imported once here rather than in every child (none starts a thread)
+import gguf  # noqa: F401
+import qllama.chat_template, qllama.gguf_vocab, qllama.model, qllama.tokenizer  # noqa: E401,F401
+import qllama.readers.gguf, qllama.readers.hf, qllama.readers.llama2c, qllama.readers.qllama_file  # noqa: E401,F401
 
 ADDRESS_SPACE_HEADROOM = 4 << 30   # a child that balloons past this fails with MemoryError instead of swapping
 

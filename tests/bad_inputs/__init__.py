@@ -22,6 +22,7 @@ class Case:
     argv: list[str]                                   # qllama's arguments, paths relative to the case folder
     expect: tuple[str, ...]                           # fragments of the one error line
     files: Callable[["Sources"], dict[str, Content]]  # what the case folder holds, by relative path
+    must_fail: bool = True                            # False: a mutated file that may still be valid
 
     def write(self, folder: Path, sources: "Sources") -> None:
         folder.mkdir(parents=True)
@@ -41,9 +42,10 @@ class Sources:
 
 
 def all_cases() -> list[Case]:
-    from . import config_cases, gguf_cases, llama2c_cases, option_cases, qllama_file_cases, safetensors_cases
+    from . import (config_cases, gguf_cases, llama2c_cases, mutation_cases, option_cases, qllama_file_cases,
+                   safetensors_cases)
     cases = [c for module in (gguf_cases, safetensors_cases, config_cases, llama2c_cases, qllama_file_cases,
-                              option_cases) for c in module.cases()]
+                              option_cases, mutation_cases) for c in module.cases()]
     names = [c.name for c in cases]
     assert len(names) == len(set(names)), "case names must be unique"
     return cases
