@@ -58,7 +58,7 @@ def _checked_reader():
             for field in fields:
                 _, name_data, _, dims, raw_type, offset = field.parts
                 name = bytes(name_data).decode("utf-8", "replace")
-                if int(offset[0]) % int(self.alignment):   # llama.cpp refuses it too; the data would be shifted
+                if int(offset[0]) % int(self.alignment):   # the spec pads every tensor to it; off it, a crafted shift
                     raise TensorProblem(f"tensor {name} starts at data offset {int(offset[0])}, not a multiple "
                                         f"of the file's alignment {int(self.alignment)}")
                 begin = int(start_offs + offset[0])

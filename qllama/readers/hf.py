@@ -33,10 +33,10 @@ def weight_files(folder: Path) -> list[Path]:
         weight_map = read_json(index).get("weight_map")
         if not isinstance(weight_map, dict):
             raise QllamaError(f"{index}: no weight_map")
-        names = sorted(set(weight_map.values()))
-        for name in names:  # the index is untrusted: shards must be plain files in this folder
+        for name in weight_map.values():  # the index is untrusted: shards must be plain files in this folder
             if not isinstance(name, str) or Path(name).name != name:
-                raise QllamaError(f"{index}: bad shard file name {name!r}")
+                raise QllamaError(f"{index}: bad shard file name {str(name)[:60]!r}")
+        names = sorted(set(weight_map.values()))
         return [folder / n for n in names]
     files = sorted(folder.glob("*.safetensors"))
     if not files:
@@ -55,7 +55,7 @@ def read_chat_template(folder: Path) -> str | None:
     cfg_path = folder / "tokenizer_config.json"
     template = read_json(cfg_path).get("chat_template") if cfg_path.exists() else None
     if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
-        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict) and isinstance(t.get("name"), str)}
         template = named.get("default")
     return template if isinstance(template, str) else None
 

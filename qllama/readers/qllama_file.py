@@ -38,6 +38,8 @@ def read_qllama_file(path: Path) -> Checkpoint:
         raise QllamaError(f"{path}: {str(e).removeprefix('model config: ')}") from None
     if not isinstance(formats, dict) or not all(isinstance(v, str) for v in formats.values()):
         raise QllamaError(f"{path}: qllama.tensor_formats must map tensor names to format names")
+    if isinstance(settings, dict) and not isinstance(settings.get("stop_ids") or [], list):
+        raise QllamaError(f"{path}: qllama.tokenizer_settings stop_ids must be a list of token ids")
     tensors = {}
     for name, fmt_name in formats.items():
         fmt = FORMATS.get(fmt_name)

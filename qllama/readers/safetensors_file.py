@@ -116,7 +116,7 @@ class SafetensorsFile:
             dtype_name, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
         except (KeyError, TypeError, ValueError):
             raise QllamaError(f"{self.path}: tensor {name!r} has a malformed header entry") from None
-        if dtype_name not in DTYPES:
+        if not isinstance(dtype_name, str) or dtype_name not in DTYPES:
             raise QllamaError(f"{self.path}: tensor {name!r} has unsupported dtype {dtype_name!r}")
         if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                                                   for d in shape):

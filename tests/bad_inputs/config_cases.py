@@ -3,6 +3,7 @@ a rope_scaling of the wrong shape), files that are not UTF-8 or not JSON, and mi
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from . import Case
 from .sources import BIG_SPM_FILE, HF_TOKENIZED, HF_UNTIED, NOT_UTF8
@@ -69,6 +70,9 @@ def file_cases() -> list[Case]:
         folder_case("chat-template-not-utf8", {"chat_template.jinja": b"{{ 'caf\xe9' }}"}, ("chat_template.jinja",)),
         folder_case("tokenizer-config-not-utf8", {"tokenizer_config.json": NOT_UTF8}, ("tokenizer_config.json",),
                     source=HF_TOKENIZED),
+        replace(folder_case("chat-templates-named-by-lists", {"tokenizer_config.json": b'{"chat_template": [{"name": '
+                            b'["default"], "template": "x"}]}'}, ("tokenizer_config.json",), source=HF_TOKENIZED),
+                must_fail=False),     # no template named "default": the model has none
         folder_case("tokenizer-config-a-list", {"tokenizer_config.json": b"[1]"}, ("tokenizer_config.json",),
                     source=HF_TOKENIZED),
         folder_case("tokenizer-json-not-utf8", {"tokenizer.json": NOT_UTF8}, ("tokenizer.json",), source=HF_TOKENIZED),

@@ -136,7 +136,11 @@ BAD_VALUES = [(k, *v) for k in ("llama.embedding_length", "llama.attention.head_
     ("tokenizer.ggml.model", VT.ARRAY, ["llama"], VT.STRING),
     ("tokenizer.ggml.tokens", VT.STRING, "a", None),
     ("tokenizer.ggml.tokens", VT.ARRAY, [], VT.STRING),
+    ("tokenizer.ggml.tokens", VT.ARRAY, list(range(512)), VT.INT32),
     ("tokenizer.ggml.scores", VT.STRING, "x", None),
+    ("tokenizer.ggml.scores", VT.ARRAY, ["x"] * 512, VT.STRING),
+    ("tokenizer.ggml.token_type", VT.ARRAY, ["x"] * 512, VT.STRING),
+    ("tokenizer.ggml.model", VT.STRING, "gpt2", None),
     ("tokenizer.ggml.scores", VT.ARRAY, [0.0] * 3, VT.FLOAT32),
     ("tokenizer.ggml.token_type", VT.ARRAY, [99] * 512, VT.INT32),
 ]

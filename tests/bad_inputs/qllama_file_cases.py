@@ -3,6 +3,7 @@ metadata (ModelArgs, per-tensor formats, tokenizer), missing or misshapen quant 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from . import Case, Sources
 from .sources import cut_points, join_safetensors, split_safetensors
@@ -79,6 +80,9 @@ def cases() -> list[Case]:
         case("plain-tensor-f16", entry("model.norm.weight", lambda e: {**e, "dtype": "F16", "shape": [e["shape"][0] * 2]})),
         case("tokenizer-kind-unknown", meta("qllama.tokenizer_kind", "bogus")),
         case("tokenizer-settings-a-list", meta("qllama.tokenizer_settings", "[1]")),
+        case("tokenizer-settings-stop-ids-a-number", meta("qllama.tokenizer_settings", '{"stop_ids": 5}')),
+        replace(case("tokenizer-settings-bos-a-list", meta("qllama.tokenizer_settings", '{"bos_id": [1]}')),
+                must_fail=False),     # not a token id: the tokenizer has no BOS
         case("tokenizer-settings-not-json", meta("qllama.tokenizer_settings", "{")),
         case("tokenizer-garbage", lambda h, b: _garbage_tokenizer(h, b)),
         case("ctx-beyond-model", lambda h, b: join_safetensors(h, b), ("--ctx",),

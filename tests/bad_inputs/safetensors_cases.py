@@ -79,6 +79,8 @@ def entry_cases() -> list[Case]:
     return out + [case(f"entry-{name}", with_entry(NORM, **change)) for name, change in {
         "dtype-unknown": {"dtype": "F99"},
         "dtype-a-number": {"dtype": 5},
+        "dtype-a-list": {"dtype": ["F32"]},
+        "shape-bools": {"shape": [True] * 1},
         "dtype-int": {"dtype": "I32"},
         "shape-a-string": {"shape": "64"},
         "shape-negative": {"shape": [-1, -64]},
@@ -113,6 +115,8 @@ def sharded_cases() -> list[Case]:
              folder(json.dumps(shard_names("../config.json")).encode())),
         Case("st-index-shard-a-number", ["info", "model"], ("model.safetensors.index.json",),
              folder(json.dumps(shard_names(5)).encode())),
+        Case("st-index-shards-mixed", ["info", "model"], ("model.safetensors.index.json",),
+             folder(json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors", "b": [1]}}).encode())),
         Case("st-index-shard-missing", ["info", "model"], ("nope.safetensors",),
              folder(json.dumps(shard_names("nope.safetensors")).encode())),
     ]
