@@ -42,10 +42,10 @@ class Sources:
 
 
 def all_cases() -> list[Case]:
-    from . import (config_cases, gguf_cases, llama2c_cases, mutation_cases, option_cases, qllama_file_cases,
-                   safetensors_cases, weight_cases)
+    from . import (command_cases, config_cases, gguf_cases, llama2c_cases, mutation_cases, option_cases,
+                   qllama_file_cases, safetensors_cases, weight_cases)
     cases = [c for module in (gguf_cases, safetensors_cases, config_cases, llama2c_cases, qllama_file_cases,
-                              option_cases, weight_cases, mutation_cases) for c in module.cases()]
+                              option_cases, weight_cases, command_cases, mutation_cases) for c in module.cases()]
     names = [c.name for c in cases]
     assert len(names) == len(set(names)), "case names must be unique"
     return cases

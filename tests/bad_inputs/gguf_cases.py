@@ -22,12 +22,12 @@ def original() -> tuple[bytes, gb.GGUF]:
     return GGUF_FILE.read_bytes(), gb.read(GGUF_FILE)
 
 
-def case(name: str, make, argv=None, expect=(NAME,)) -> Case:
-    return Case(f"gguf-{name}", argv or ["info", NAME], expect, lambda _s: {NAME: make()})
+def case(name: str, make) -> Case:
+    return Case(f"gguf-{name}", ["info", NAME], (NAME,), lambda _s: {NAME: make()})
 
 
 def edited(edit):
-    """A case whose file is the original model with `edit(model)` applied, re-serialised."""
+    """A maker of the original file with `edit(model)` applied, re-serialised."""
     return lambda: gb.to_bytes(edit(original()[1]))
 
 
