@@ -70,6 +70,9 @@ def expected_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
 
 def check_tensors(path: Path, args: ModelArgs, shapes: dict[str, tuple[int, ...]]) -> None:
     """Equal key sets and exact shapes, or one loud line naming the first difference."""
+    if args.n_layers > len(shapes):     # a lying layer count: refuse it before building names for every layer
+        raise QllamaError(f"{path}: the model claims {args.n_layers} layers but the file holds only {len(shapes)} "
+                          f"tensors")
     expected = expected_shapes(args)
     missing = sorted(set(expected) - set(shapes))
     if missing:
@@ -101,10 +104,11 @@ def open_checkpoint(path, tokenizer_path=None) -> Checkpoint:
         raise QllamaError(f"{path}: no such file or folder")
     if path.is_dir():
         from .readers.hf import read_hf_folder
-        return read_hf_folder(path, tokenizer_path)
-    if not path.is_file():      # a FIFO or a device would block or never end
+        ckpt = read_hf_folder(path, tokenizer_path)
+    elif not path.is_file():      # a FIFO or a device would block or never end
         raise QllamaError(f"{path}: not a regular file or folder")
-    ckpt = read_file(path, tokenizer_path)
+    else:
+        ckpt = read_file(path, tokenizer_path)
     if tokenizer_path is not None and ckpt.kind in ("gguf", "qllama"):   # the user's tokenizer wins
         from .tokenizer import load_tokenizer_file
         ckpt.tokenizer = load_tokenizer_file(Path(tokenizer_path))

@@ -8,6 +8,7 @@ import math
 import re
 import sys
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -18,6 +19,24 @@ from .generate import DEFAULT_MAX_TOKENS
 from .sampling import SamplingParams
 
 D = SamplingParams()  # each default is defined once, in SamplingParams
+
+
+class FiniteRange(click.FloatRange):
+    """click's FloatRange lets nan through every bound (all comparisons with it are false), and inf
+    through open ones: refuse both here, so the message names the option."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+def check_group_size(_ctx, _param, value):
+    from .quantize.formats import GROUP_SIZES
+    if value is not None and value not in GROUP_SIZES:
+        raise click.BadParameter(f"group size {value} is not one of {', '.join(map(str, GROUP_SIZES))}")
+    return value
 
 
 def model_options(f):
@@ -35,14 +54,14 @@ def model_options(f):
 
 def generation_options(f):
     options = [
-        click.option("--temperature", "--temp", "temperature", type=click.FloatRange(min=0), default=D.temperature,
+        click.option("--temperature", "--temp", "temperature", type=FiniteRange(min=0), default=D.temperature,
                      show_default=True, help="0 is greedy."),
         click.option("--top-k", type=click.IntRange(min=0), default=D.top_k, show_default=True, help="0 disables."),
-        click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=D.top_p, show_default=True),
-        click.option("--min-p", type=click.FloatRange(0, 1), default=D.min_p, show_default=True),
-        click.option("--repeat-penalty", type=click.FloatRange(min=0, min_open=True), default=D.repeat_penalty, show_default=True),
+        click.option("--top-p", type=FiniteRange(0, 1, min_open=True), default=D.top_p, show_default=True),
+        click.option("--min-p", type=FiniteRange(0, 1), default=D.min_p, show_default=True),
+        click.option("--repeat-penalty", type=FiniteRange(min=0, min_open=True), default=D.repeat_penalty, show_default=True),
         click.option("--repeat-last-n", type=click.IntRange(min=0), default=D.repeat_last_n, show_default=True),
-        click.option("--seed", type=int, default=None, help="Same seed, same text."),
+        click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=None, help="Same seed, same text."),
         click.option("-n", "--max-tokens", type=click.IntRange(min=0), default=DEFAULT_MAX_TOKENS, show_default=True,
                      help="Most tokens in a reply."),
         click.option("--verbose", is_flag=True, help="Print prefill and decode tokens/s after each reply."),
@@ -72,6 +91,17 @@ def template_source(template: str | None) -> str | None:
         return Path(template).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise QllamaError(f"{template}: cannot read the chat template ({e})") from None
+
+
+@contextmanager
+def naming_template(source):
+    """A template that fails to compile or render says which one: the --template file or the model's."""
+    try:
+        yield
+    except QllamaError as e:
+        if str(e).startswith("chat template:"):
+            raise QllamaError(f"{source}: {e}") from None
+        raise
 
 
 def unescape(text: str) -> str:
@@ -124,7 +154,7 @@ def run(prompt, model, ctx, tokenizer, threads, kv_dtype, max_tokens, verbose, s
     from .generate import generate_text
     prompt = read_prompt(prompt)
     params = SamplingParams(**sampling)
-    template = template_source(template)
+    template_name, template = template, template_source(template)
     m = open_model(model, ctx, tokenizer, threads, kv_dtype)
     if m.tokenizer is None:
         raise QllamaError(f"{m.checkpoint.path}: no tokenizer found; name one with --tokenizer")
@@ -138,8 +168,9 @@ def run(prompt, model, ctx, tokenizer, threads, kv_dtype, max_tokens, verbose, s
         session = m.session
     else:
         from .conversation import Conversation
-        conversation = Conversation(m, template, system)
-        stream_out(conversation.say(prompt, max_tokens=max_tokens, params=params, stop=stop))
+        with naming_template(template_name or m.checkpoint.path):
+            conversation = Conversation(m, template, system)
+            stream_out(conversation.say(prompt, max_tokens=max_tokens, params=params, stop=stop))
         session = conversation.session
     if verbose:
         click.echo(session.timings.report(), err=True)
@@ -260,7 +291,7 @@ def list_formats(ctx, _param, value):
 @click.argument("output", type=click.Path(dir_okay=False))
 @click.option("--format", "format", required=True, help="q8, q4 (symmetric) or q4a (asymmetric), or a full name "
               "such as q4_g64 or ggml's q4_0 / q4_1 / q8_0; see --list-formats.")
-@click.option("--group-size", type=int, default=None, help="32, 64 or 128 (default 32).")
+@click.option("--group-size", type=int, default=None, callback=check_group_size, help="32, 64 or 128 (default 32).")
 @click.option("--embeddings-format", default="q8_g32", show_default=True,
               help="Format of the token embedding and output head.")
 @click.option("--calibration", type=click.Path(dir_okay=False), default=None,
@@ -317,7 +348,7 @@ def stopped(signal: BaseException):
 
 def main():
     try:
-        cli.main(standalone_mode=False)
+        cli.main(standalone_mode=False, prog_name="qllama")   # also under python -m qllama
     except QllamaError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
@@ -329,6 +360,10 @@ def main():
         if isinstance(e.__cause__, (KeyboardInterrupt, Terminated)):
             stopped(e.__cause__)
         raise
+    except click.UsageError as e:     # one line, as every other error (click's own adds usage lines)
+        command = e.ctx.command_path if e.ctx is not None else "qllama"
+        click.echo(f"error: {e.format_message()} (see '{command} --help')", err=True)
+        sys.exit(e.exit_code)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)

@@ -88,6 +88,8 @@ class ModelArgs:
     def from_json(cls, text: str) -> "ModelArgs":
         try:
             data = json.loads(text)
+            if not isinstance(data, dict):
+                raise QllamaError(f"model config: ModelArgs metadata is a JSON {type(data).__name__}, not an object")
             unknown = sorted(set(data) - {f.name for f in fields(cls)})
             if unknown:
                 raise QllamaError(f"model config: {unknown[0]!r} is unknown to this qllama (written by a newer "

@@ -45,6 +45,8 @@ def _tokens(meta: dict, path: str) -> list[str]:
     tokens = meta.get("tokenizer.ggml.tokens")
     if not isinstance(tokens, list) or not tokens:
         raise QllamaError(f"{path}: tokenizer.ggml.tokens is missing or empty")
+    if not all(isinstance(t, str) for t in tokens):
+        raise QllamaError(f"{path}: tokenizer.ggml.tokens must be an array of strings")
     return tokens
 
 
@@ -55,6 +57,8 @@ def _array(meta: dict, key: str, n: int, path: str, default) -> list:
     if not isinstance(values, list) or len(values) != n:
         raise QllamaError(f"{path}: {key} has {len(values) if isinstance(values, list) else 'no'} entries, "
                           f"tokenizer.ggml.tokens has {n}")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):  # all numeric arrays
+        raise QllamaError(f"{path}: {key} must be an array of numbers")
     return values
 
 

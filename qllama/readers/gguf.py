@@ -54,17 +54,23 @@ def _checked_reader():
 
     class CheckedReader(PlainReader):
         def _build_tensors(self, start_offs, fields):
+            spans = []
             for field in fields:
                 _, name_data, _, dims, raw_type, offset = field.parts
                 name = bytes(name_data).decode("utf-8", "replace")
-                check_tensor(name, int(raw_type[0]), [int(d) for d in dims], int(start_offs + offset[0]),
-                             len(self.data))
+                if int(offset[0]) % int(self.alignment):   # the spec pads every tensor to it; off it, a crafted shift
+                    raise TensorProblem(f"tensor {name} starts at data offset {int(offset[0])}, not a multiple "
+                                        f"of the file's alignment {int(self.alignment)}")
+                begin = int(start_offs + offset[0])
+                spans.append((begin, check_tensor(name, int(raw_type[0]), [int(d) for d in dims], begin,
+                                                  len(self.data)), name))
+            check_no_overlap(spans)
             super()._build_tensors(start_offs, fields)
     return CheckedReader
 
 
-def check_tensor(name: str, type_id: int, dims: list[int], begin: int, file_size: int) -> None:
-    """One tensor's info against the GGML type table and the file: TensorProblem if it cannot be read."""
+def check_tensor(name: str, type_id: int, dims: list[int], begin: int, file_size: int) -> int:
+    """One tensor's info against the GGML type table and the file: its end, or TensorProblem if it cannot be read."""
     import gguf
     try:
         qtype = gguf.GGMLQuantizationType(type_id)
@@ -80,6 +86,15 @@ def check_tensor(name: str, type_id: int, dims: list[int], begin: int, file_size
     if end > file_size:
         raise TensorProblem(f"tensor {name} ({qtype.name}) runs past the end of the file (ends at byte {end}, "
                             f"file has {file_size}): truncated file")
+    return end
+
+
+def check_no_overlap(spans: list[tuple[int, int, str]]) -> None:
+    """(begin, end, name) byte ranges: tensors sharing bytes would alias one another."""
+    spans = sorted(s for s in spans if s[1] > s[0])
+    for (_, end, first), (begin, _, second) in zip(spans, spans[1:]):
+        if begin < end:
+            raise TensorProblem(f"tensors {first} and {second} overlap in the file")
 
 
 def open_gguf_reader(path: Path):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..checkpoint import Checkpoint, SourceTensor, check_tensors
 from ..config import ModelArgs
+from ..config_values import Values
 from ..errors import QllamaError
 from .safetensors_file import SafetensorsFile, to_float32
 
@@ -32,10 +33,10 @@ def weight_files(folder: Path) -> list[Path]:
         weight_map = read_json(index).get("weight_map")
         if not isinstance(weight_map, dict):
             raise QllamaError(f"{index}: no weight_map")
-        names = sorted(set(weight_map.values()))
-        for name in names:  # the index is untrusted: shards must be plain files in this folder
+        for name in weight_map.values():  # the index is untrusted: shards must be plain files in this folder
             if not isinstance(name, str) or Path(name).name != name:
-                raise QllamaError(f"{index}: bad shard file name {name!r}")
+                raise QllamaError(f"{index}: bad shard file name {str(name)[:60]!r}")
+        names = sorted(set(weight_map.values()))
         return [folder / n for n in names]
     files = sorted(folder.glob("*.safetensors"))
     if not files:
@@ -47,11 +48,14 @@ def weight_files(folder: Path) -> list[Path]:
 def read_chat_template(folder: Path) -> str | None:
     jinja = folder / "chat_template.jinja"
     if jinja.exists():
-        return jinja.read_text(encoding="utf-8")
+        try:
+            return jinja.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise QllamaError(f"{jinja}: cannot read the chat template ({e})") from None
     cfg_path = folder / "tokenizer_config.json"
     template = read_json(cfg_path).get("chat_template") if cfg_path.exists() else None
     if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
-        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict) and isinstance(t.get("name"), str)}
         template = named.get("default")
     return template if isinstance(template, str) else None
 
@@ -86,7 +90,7 @@ def read_hf_folder(folder: Path, tokenizer_path=None) -> Checkpoint:
                 raise QllamaError(f"{file}: tensor {name} has dtype {dtype}; expected F32, F16 or BF16")
             tensors[name] = SourceTensor(tuple(raw.shape), dtype, raw, lambda a, d=dtype: to_float32(a, d),
                                          release=lambda st=st, n=name: st.release(n))
-    tied = bool(cfg.get("tie_word_embeddings", False)) or "lm_head.weight" not in tensors
+    tied = Values(cfg, str(config_path)).bool("tie_word_embeddings", False) or "lm_head.weight" not in tensors
     if tied:
         tensors.pop("lm_head.weight", None)
     args = ModelArgs.from_hf_config({**cfg, "tie_word_embeddings": tied}, str(config_path))

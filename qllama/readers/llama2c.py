@@ -57,9 +57,10 @@ def read_llama2c(path: Path, tokenizer_path=None) -> Checkpoint:
     dim, n_heads = int(h["dim"]), int(h["n_heads"])
     if dim % n_heads:
         raise QllamaError(f"{path}: dim {dim} is not a multiple of n_heads {n_heads}: not a llama2.c checkpoint")
-    args = ModelArgs(dim=dim, hidden_dim=int(h["hidden_dim"]), n_layers=int(h["n_layers"]), n_heads=n_heads,
-                     n_kv_heads=int(h["n_kv_heads"]), head_dim=dim // n_heads, vocab_size=abs(vocab),
-                     norm_eps=1e-5, rope_theta=10000.0, max_seq_len=int(h["seq_len"]), tied_embeddings=vocab > 0)
+    args = ModelArgs.checked(str(path), dim=dim, hidden_dim=int(h["hidden_dim"]), n_layers=int(h["n_layers"]),
+                             n_heads=n_heads, n_kv_heads=int(h["n_kv_heads"]), head_dim=dim // n_heads,
+                             vocab_size=abs(vocab), norm_eps=1e-5, rope_theta=10000.0, max_seq_len=int(h["seq_len"]),
+                             tied_embeddings=vocab > 0)
     items = layout(args, shared=vocab > 0)
     n_floats = sum(int(np.prod(s)) for _, s in items)
     expected = HEADER.itemsize + 4 * n_floats

@@ -34,14 +34,21 @@ def read_qllama_file(path: Path) -> Checkpoint:
         settings = json.loads(meta.get("qllama.tokenizer_settings", "{}"))
     except (KeyError, ValueError) as e:
         raise QllamaError(f"{path}: bad qllama metadata ({e})") from None
+    except QllamaError as e:
+        raise QllamaError(f"{path}: {str(e).removeprefix('model config: ')}") from None
+    if not isinstance(formats, dict) or not all(isinstance(v, str) for v in formats.values()):
+        raise QllamaError(f"{path}: qllama.tensor_formats must map tensor names to format names")
+    if isinstance(settings, dict) and not isinstance(settings.get("stop_ids") or [], list):
+        raise QllamaError(f"{path}: qllama.tokenizer_settings stop_ids must be a list of token ids")
     tensors = {}
     for name, fmt_name in formats.items():
         fmt = FORMATS.get(fmt_name)
         if fmt is None:
             raise QllamaError(f"{path}: tensor {name} has unknown format {fmt_name!r}")
-        if f"{name}.qweight" not in st.arrays:
-            raise QllamaError(f"{path}: tensor {name} is missing its planes")
-        out, in_groups = st.arrays[f"{name}.scales"].shape
+        scales = st.arrays.get(f"{name}.scales")
+        if f"{name}.qweight" not in st.arrays or scales is None or scales.ndim != 2:
+            raise QllamaError(f"{path}: tensor {name} is missing its planes or its scales are not a matrix")
+        out, in_groups = scales.shape
         shape = (out, _input_width(path, name, args, in_groups * fmt.group_size, fmt.group_size))
         planes = {}
         for plane, (plane_shape, dtype) in plane_shapes(fmt, shape).items():
@@ -61,7 +68,11 @@ def read_qllama_file(path: Path) -> Checkpoint:
     tokenizer = None
     if "qllama.tokenizer" in st.arrays:
         from ..tokenizer import Tokenizer
-        tokenizer = Tokenizer.from_bytes(meta.get("qllama.tokenizer_kind"), st.arrays["qllama.tokenizer"].tobytes(), settings)
+        try:
+            tokenizer = Tokenizer.from_bytes(meta.get("qllama.tokenizer_kind"), st.arrays["qllama.tokenizer"].tobytes(),
+                                             settings)
+        except QllamaError as e:
+            raise QllamaError(f"{path}: {e}") from None
     info = {k.removeprefix("qllama."): v for k, v in meta.items()
             if k in ("qllama.version", "qllama.format_version", "qllama.source", "qllama.source_sha256")}
     return Checkpoint(path, "qllama", args, tensors, tokenizer, meta.get("qllama.chat_template"), info,

@@ -7,6 +7,7 @@ offset and size in the (untrusted) header is checked against the file before any
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import struct
 from pathlib import Path
@@ -35,6 +36,20 @@ def to_float32(array: np.ndarray, dtype: str) -> np.ndarray:
     return np.asarray(array, dtype=np.float32)
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list) -> dict:
+    """json object hook: a name given twice would silently mean its last entry."""
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
 class SafetensorsFile:
     """Maps a file; `.arrays[name]` are read-only views in the stored dtype, `.dtypes[name]` their names."""
 
@@ -54,7 +69,9 @@ class SafetensorsFile:
         except OSError as e:
             raise QllamaError(f"{self.path}: cannot read ({e.strerror})") from None
         try:
-            header = json.loads(header_bytes)
+            header = json.loads(header_bytes, object_pairs_hook=_unique_keys)
+        except _DuplicateKey as e:
+            raise QllamaError(f"{self.path}: header names {e.args[0]!r} twice") from None
         except (UnicodeDecodeError, ValueError):
             raise QllamaError(f"{self.path}: header is not valid JSON: not a safetensors file") from None
         if not isinstance(header, dict):
@@ -72,6 +89,7 @@ class SafetensorsFile:
             self.arrays[name], self.dtypes[name] = self._view(buffer, data_start, data_size, name, info)
             begin, end = info["data_offsets"]
             self.ranges[name] = (data_start + begin, data_start + end)
+        self._check_overlaps()
 
     def release(self, name: str) -> None:
         """Drop the mapped pages of one tensor from this process (they stay in the OS page cache):
@@ -86,17 +104,28 @@ class SafetensorsFile:
         if self._map is not None and hasattr(mmap, "MADV_DONTNEED"):
             self._map.madvise(mmap.MADV_DONTNEED)
 
+    def _check_overlaps(self) -> None:
+        """The format forbids tensors sharing bytes: a crafted file could alias one tensor into another."""
+        spans = sorted((begin, end, name) for name, (begin, end) in self.ranges.items() if end > begin)
+        for (_, end, first), (begin, _, second) in zip(spans, spans[1:]):
+            if begin < end:
+                raise QllamaError(f"{self.path}: tensors {first!r} and {second!r} overlap in the file")
+
     def _view(self, buffer, data_start, data_size, name, info):
         try:
             dtype_name, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
         except (KeyError, TypeError, ValueError):
             raise QllamaError(f"{self.path}: tensor {name!r} has a malformed header entry") from None
-        if dtype_name not in DTYPES:
+        if not isinstance(dtype_name, str) or dtype_name not in DTYPES:
             raise QllamaError(f"{self.path}: tensor {name!r} has unsupported dtype {dtype_name!r}")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise QllamaError(f"{self.path}: tensor {name!r} has a bad shape {shape!r}")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                                  for d in shape):
+            raise QllamaError(f"{self.path}: tensor {name!r} has a bad shape {str(shape)[:60]}")
         dtype = DTYPES[dtype_name]
-        n_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        n_bytes = math.prod(shape) * dtype.itemsize   # Python ints: [2^32, 2^32] must not wrap to 0
+        if n_bytes > data_size:
+            raise QllamaError(f"{self.path}: tensor {name!r} of shape {str(shape)[:60]} needs {n_bytes} bytes, more "
+                              f"than the file's {data_size} bytes of data")
         if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end and end - begin == n_bytes):
             raise QllamaError(f"{self.path}: tensor {name!r} offsets {begin}..{end} do not match its "
                               f"shape {shape} and dtype {dtype_name}")
