@@ -42,6 +42,10 @@ class DenseLinear:
     def rows(self, ids) -> np.ndarray:
         return self.weight[ids].astype(np.float32)
 
+    @property
+    def finite(self) -> bool:
+        return bool(np.isfinite(self.weight).all())
+
 
 class QuantLinear:
     def __init__(self, q: QuantizedTensor, path: int = DEFAULT_PATH):

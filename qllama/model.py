@@ -87,10 +87,27 @@ class Ops:
     rope: Callable           # (x, cos, sin)
     silu_mul: Callable       # (gate, up) -> silu(gate) * up
     attend: Callable         # (q, keys, values, pos, n_rep)
+    concat: Callable = np.concatenate   # (parts) -> the parts' rows one after another
 
 
 REFERENCE_OPS = Ops(rmsnorm, apply_rope, lambda gate, up: silu(gate) * up, attend_reference)
 KERNEL_OPS = Ops(elementwise.rmsnorm, elementwise.rope, elementwise.silu_mul, attend_kernel)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where a model runs: the classes its matrices become, where its vectors and KV caches live,
+    and its Ops. The CPU's is below; the GPU's is qllama/cuda/backend.py."""
+    device: str
+    quant: type              # QuantizedTensor -> a linear
+    dense: type              # float32 matrix -> a linear
+    vector: Callable         # float32 vector (norm weights) -> what Ops read
+    cache: type              # (args, ctx, dtype) -> a KV cache
+    ops: Ops
+
+
+CPU = Backend("cpu", QuantLinear, DenseLinear, lambda v: v, KVCache, KERNEL_OPS)
+DEVICES = ("cpu", "cuda")
 
 
 def attend_spans(ops: Ops, spans: list[Span], layer: int, q, k, v, n_rep: int) -> np.ndarray:
@@ -99,13 +116,13 @@ def attend_spans(ops: Ops, spans: list[Span], layer: int, q, k, v, n_rep: int) -
         s = spans[0]
         keys, values = s.cache.update(layer, s.pos, k, v)              # (pos+n, kv_heads, hd)
         return ops.attend(q, keys, values, s.pos, n_rep)
-    out, start = np.empty((q.shape[0], q.shape[1] * q.shape[2]), np.float32), 0
+    parts, start = [], 0
     for s in spans:
         rows = slice(start, start + s.n)
         keys, values = s.cache.update(layer, s.pos, k[rows], v[rows])
-        out[rows] = ops.attend(q[rows], keys, values, s.pos, n_rep)
+        parts.append(ops.attend(q[rows], keys, values, s.pos, n_rep))
         start += s.n
-    return out
+    return ops.concat(parts)
 
 
 def forward(w: dict, args: ModelArgs, spans: list[Span], inv_freq: np.ndarray, tokens: np.ndarray,
@@ -162,7 +179,7 @@ class Model(TextAPI):
     """
 
     def __init__(self, checkpoint: Checkpoint, ctx: int | None = None, reference: bool = False,
-                 kv_dtype: str | None = None, threads: int | None = None):
+                 kv_dtype: str | None = None, threads: int | None = None, device: str = "cpu"):
         self.checkpoint = checkpoint
         self.args = checkpoint.args
         self.tokenizer = checkpoint.tokenizer
@@ -171,13 +188,16 @@ class Model(TextAPI):
         if not 0 < self.ctx <= self.args.max_seq_len:
             raise QllamaError(f"--ctx {self.ctx}: must be in 1..{self.args.max_seq_len} (the context "
                               f"{checkpoint.path.name} was made for)")
-        # the reference keeps float32 keys/values; the fast path float16 (half the memory and reads)
-        kv_dtype = kv_dtype or ("f32" if reference else "f16")
+        self.backend = self._backend(device, reference, kv_dtype)
+        # the reference keeps float32 keys/values; the CPU kernels float16 (half the memory and
+        # reads); the GPU float32 (for now)
+        kv_dtype = kv_dtype or ("f32" if reference or device == "cuda" else "f16")
         if kv_dtype not in KV_DTYPES:
             raise QllamaError(f"KV cache type {kv_dtype!r} is not one of {', '.join(KV_DTYPES)}")
         self.kv_dtype = KV_DTYPES[kv_dtype]
         requantized = {}
-        self.weights = {name: finite(checkpoint.path, name, build_weight(t, reference, requantized))
+        on = self.backend
+        self.weights = {name: placed(on, finite(checkpoint.path, name, build_weight(t, reference, requantized, on)))
                         for name, t in checkpoint.tensors.items()}
         if requantized:
             print(f"qllama: {checkpoint.path.name}: no kernels for " + ", ".join(
@@ -196,11 +216,11 @@ class Model(TextAPI):
             # whatever the copying mapped, in pages or in the page cache's large folios, goes
             checkpoint.release()
         self.inv_freq = inverse_frequencies(self.args)     # RoPE's angular speeds (head_dim/2,)
-        self.ops = REFERENCE_OPS if reference else KERNEL_OPS
+        self.ops = REFERENCE_OPS if reference else self.backend.ops
         self.threads = threads          # kernel threads for this model's passes (None: Numba's setting)
         self._lock = threading.Lock()
         self.closed = False
-        if not reference:
+        if not reference and self.backend is CPU:
             prepare_kernels(self)
         self._session = None
 
@@ -214,7 +234,24 @@ class Model(TextAPI):
             if self.threads is not None:    # Numba's setting is per calling thread
                 numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
             logits = forward(self.weights, self.args, spans, self.inv_freq, tokens, last_only, observe, self.ops)
-        return logits.astype(np.float32, copy=False)
+        return np.asarray(logits, dtype=np.float32)     # a device's logits come to the host here
+
+    @staticmethod
+    def _backend(device: str, reference: bool, kv_dtype: str | None) -> Backend:
+        if device not in DEVICES:
+            raise QllamaError(f"device {device!r} is not one of {', '.join(DEVICES)}")
+        if device == "cpu":
+            return CPU
+        if reference:
+            raise QllamaError("--reference runs on the CPU only, not with --device cuda")
+        if kv_dtype == "f16":
+            raise QllamaError(f"--device cuda keeps a float32 KV cache: --kv-cache {kv_dtype} is CPU only for now")
+        from .cuda.backend import cuda_backend
+        return cuda_backend()
+
+    def new_cache(self, ctx: int):
+        """An empty KV cache of ctx positions where this model runs (a Session's)."""
+        return self.backend.cache(self.args, ctx, self.kv_dtype)
 
     def decode_batch(self, sessions: list[Session], tokens) -> np.ndarray:
         """One new token for each session, in ONE pass over the weights -> logits (n_sessions, vocab)."""
@@ -271,41 +308,43 @@ def finite(path, name: str, weight):
     """weight, when its float values (for quantized planes: the fp16 scales and mins) are all finite.
     A NaN makes every logit NaN on the reference path, yet the fast path's int8 activation codes are
     finite and print plausible text from a broken model: refuse the file, naming the tensor."""
-    if isinstance(weight, QuantLinear):
-        ok = weight.finite
-    else:
-        ok = np.isfinite(weight.weight if isinstance(weight, DenseLinear) else weight).all()
+    ok = np.isfinite(weight).all() if isinstance(weight, np.ndarray) else weight.finite
     if not ok:
         raise QllamaError(f"{path}: tensor {name} holds NaN or infinite values")
     return weight
 
 
-def build_weight(t: SourceTensor, reference: bool, requantized: dict | None = None):
+def placed(backend: Backend, weight):
+    """A vector where the backend's Ops read it (matrices were built there)."""
+    return backend.vector(weight) if isinstance(weight, np.ndarray) else weight
+
+
+def build_weight(t: SourceTensor, reference: bool, requantized: dict | None = None, backend: Backend = CPU):
     """Vectors -> float32 arrays; matrices -> QuantLinear over their planes when the source has them
     (qllama files, GGUF types with a table entry: Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K); other quantized
     GGUF types requantized, a block of rows at a time, into the nearest table format at or above
     their bits per weight (counted in `requantized`: (type, format) -> tensors); float matrices
-    DenseLinear. reference=True: float32 everywhere."""
+    DenseLinear; as the backend's classes of these. reference=True: float32 everywhere."""
     if len(t.shape) == 1:
         return np.array(t.float32())    # a copy: the forward pass then never touches the file's pages
     if not reference:
         if t.quantized is not None:
-            lin = QuantLinear(t.quantized)
+            lin = backend.quant(t.quantized)
             if lin.interleaved:     # the kernels read a copy: the file's pages leave this process
                 t.done()
             return lin
         if t.dtype in BY_GGML_TYPE:     # the reader checked that rows are whole blocks
-            lin = QuantLinear(from_ggml_blocks(t.raw if t.rows is None else t.raw[t.rows], t.shape, BY_GGML_TYPE[t.dtype]))
+            lin = backend.quant(from_ggml_blocks(t.raw if t.rows is None else t.raw[t.rows], t.shape, BY_GGML_TYPE[t.dtype]))
             t.done()                # the planes are copies of the blocks
             return lin
         if t.dtype not in FLOAT_TYPES:
             fmt = nearest_format(ggml_bits_per_weight(t.dtype))
-            lin = QuantLinear(requantize(t.raw, t.rows, t.decode, t.shape, fmt))
+            lin = backend.quant(requantize(t.raw, t.rows, t.decode, t.shape, fmt))
             t.done()
             if requantized is not None:
                 requantized[t.dtype, fmt.name] = requantized.get((t.dtype, fmt.name), 0) + 1
             return lin
-    return DenseLinear(t.float32())
+    return backend.dense(t.float32())
 
 
 def ggml_bits_per_weight(type_name: str) -> float:
@@ -315,11 +354,12 @@ def ggml_bits_per_weight(type_name: str) -> float:
 
 
 def load(path, ctx: int | None = None, tokenizer=None, reference: bool = False, kv_dtype: str | None = None,
-         threads: int | None = None) -> Model:
+         threads: int | None = None, device: str = "cpu") -> Model:
     """Load any supported checkpoint (HF folder, GGUF, llama2.c .bin, qllama file, or a pulled
     model's name) into a Model. reference=True runs the numpy float32 reference path instead of the
     quantized kernels; kv_dtype "f16" (the fast path's default) or "f32" (the reference's);
-    threads: kernel threads for this model (default: all cores)."""
+    threads: kernel threads for this model (default: all cores); device "cpu" or "cuda" (an
+    NVIDIA GPU through numba-cuda: pip install 'qllama[cuda]')."""
     from .pull import resolve_model
     path = resolve_model(None if path is None else str(path))
-    return Model(open_checkpoint(path, tokenizer), ctx, reference, kv_dtype, threads)
+    return Model(open_checkpoint(path, tokenizer), ctx, reference, kv_dtype, threads, device)
