@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from numba import cuda
 
-from qllama.cuda import elementwise
 from qllama.cuda.launch import MAX_BATCH
 from qllama.cuda.linear import CudaDenseLinear, CudaQuantLinear
 from qllama.cuda.ops import CudaOps

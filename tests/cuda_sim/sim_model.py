@@ -33,3 +33,14 @@ def test_batched_decoding_of_two_sessions_matches_each_alone(models):
     got = gpu.decode_batch(gpu_sessions, [50, 70])
     want = ref.decode_batch(ref_sessions, [50, 70])
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_a_k_quant_model_matches_the_cpu_reference_of_the_same_file(tmp_path):
+    """Q4_K matrices (rows of 64 and 172 padded to a super-block of 256), a q8 embedding looked up
+    from its planes: the GPU's tokens vs the float32 reference over the same file's dequantized weights."""
+    from qllama.quantize.convert import convert
+    path = tmp_path / "stories260K-q4_k.safetensors"
+    convert(STORIES, path, format="q4_k", embeddings_format="q8_g32", search=False)
+    gpu, ref = qllama.load(path, ctx=16, device="cuda"), qllama.load(path, ctx=16, reference=True)
+    want = list(ref.generate(PROMPT, max_tokens=3, temperature=0))
+    assert len(want) == 3 and list(gpu.generate(PROMPT, max_tokens=3, temperature=0)) == want
