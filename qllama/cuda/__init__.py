@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from ..errors import QllamaError
 
-TESTED_NUMBA_CUDA = "0.30.4"    # the version pinned by the qllama[cuda] extra
 
 
 def require() -> None:
