@@ -9,7 +9,6 @@ from __future__ import annotations
 from ..errors import QllamaError
 
 
-
 def require() -> None:
     """Raise QllamaError naming what is missing for --device cuda."""
     try:
