@@ -169,3 +169,14 @@ def pack(parts: list[Stored], layouts: list[PlaneLayout], interleave: bool, pad_
         if part.done is not None:
             part.done()
     return planes, int(bad)
+
+
+def in_row_order(part: Stored):
+    """One matrix's planes as the file's plane layout has them (rows in order, nothing interleaved):
+    (quantize.tensor.QuantizedTensor, count of non-finite fp16 values). For backends that read the
+    planes as stored (the GPU's)."""
+    from ..quantize.planes import NUMPY
+    from ..quantize.tensor import QuantizedTensor
+    packed, bad = pack([part], [PlaneLayout(p.name, p.nbytes) for p in part.fmt.planes], interleave=False, pad_rows=False)
+    planes = {p.name: packed[p.name].view(NUMPY[p.dtype]) for p in part.fmt.planes}
+    return QuantizedTensor(part.fmt, part.shape, planes), bad

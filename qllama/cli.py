@@ -46,6 +46,8 @@ def model_options(f):
                      help="KV cache type (default f16; f32 with --reference).")(f)
     f = click.option("--threads", type=click.IntRange(min=1), default=None,
                      help="Kernel threads (default: all cores).")(f)
+    f = click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+                     help="Where the model runs: cuda is an NVIDIA GPU (pip install 'qllama[cuda]').")(f)
     f = click.option("--ctx", type=click.IntRange(min=1), default=None,
                      help="Context length in tokens (default: the model's, at most 4096).")(f)
     return click.option("-m", "--model", "model", default=None,
@@ -78,9 +80,9 @@ def chat_options(f):
     return click.option("--system", default=None, help="System message.")(f)
 
 
-def open_model(model, ctx, tokenizer, threads=None, kv_dtype=None):
+def open_model(model, ctx, tokenizer, threads=None, kv_dtype=None, device="cpu"):
     from .model import load
-    return load(model, ctx=ctx, tokenizer=tokenizer, kv_dtype=kv_dtype, threads=threads)
+    return load(model, ctx=ctx, tokenizer=tokenizer, kv_dtype=kv_dtype, threads=threads, device=device)
 
 
 def template_source(template: str | None) -> str | None:
@@ -146,7 +148,7 @@ def cli():
 @chat_options
 @click.option("--raw", is_flag=True, help="Plain completion: no chat template.")
 @click.option("--stop", multiple=True, help="Stop before this text (repeatable; \\n is a newline).")
-def run(prompt, model, ctx, tokenizer, threads, kv_dtype, max_tokens, verbose, system, template, raw, stop, **sampling):
+def run(prompt, model, ctx, device, tokenizer, threads, kv_dtype, max_tokens, verbose, system, template, raw, stop, **sampling):
     """Answer PROMPT ('-' reads standard input) and stream the reply to stdout.
 
     A model with a chat template (or given --template) gets PROMPT as a user message in it; with
@@ -155,7 +157,7 @@ def run(prompt, model, ctx, tokenizer, threads, kv_dtype, max_tokens, verbose, s
     prompt = read_prompt(prompt)
     params = SamplingParams(**sampling)
     template_name, template = template, template_source(template)
-    m = open_model(model, ctx, tokenizer, threads, kv_dtype)
+    m = open_model(model, ctx, tokenizer, threads, kv_dtype, device)
     if m.tokenizer is None:
         raise QllamaError(f"{m.checkpoint.path}: no tokenizer found; name one with --tokenizer")
     stop = [unescape(s) for s in stop]
@@ -180,7 +182,7 @@ def run(prompt, model, ctx, tokenizer, threads, kv_dtype, max_tokens, verbose, s
 @model_options
 @generation_options
 @chat_options
-def chat(model, ctx, tokenizer, threads, kv_dtype, max_tokens, verbose, system, template, **sampling):
+def chat(model, ctx, device, tokenizer, threads, kv_dtype, max_tokens, verbose, system, template, **sampling):
     """Talk with the model in the terminal (default: SmolLM2-135M-Instruct, pulled on first use).
 
     With standard input not a terminal, each line is a message and only the replies are printed."""
@@ -188,7 +190,7 @@ def chat(model, ctx, tokenizer, threads, kv_dtype, max_tokens, verbose, system, 
     from .conversation import Conversation
     params = SamplingParams(**sampling)
     template = template_source(template)
-    m = open_model(model, ctx, tokenizer, threads, kv_dtype)
+    m = open_model(model, ctx, tokenizer, threads, kv_dtype, device)
     repl = ChatRepl(Conversation(m, template, system), params, max_tokens, verbose)
     code = with_history(repl.run_terminal) if sys.stdin.isatty() else repl.run_piped(sys.stdin)
     sys.exit(code)
@@ -201,10 +203,10 @@ def chat(model, ctx, tokenizer, threads, kv_dtype, max_tokens, verbose, system, 
 @click.option("--parallel", type=click.IntRange(1, 64), default=4, show_default=True,
               help="Requests decoded together (slots); more wait in line.")
 @click.option("--api-key", default=None, help="Demand 'Authorization: Bearer KEY' on the /v1 endpoints.")
-def serve(model, ctx, tokenizer, threads, kv_dtype, host, port, parallel, api_key):
+def serve(model, ctx, device, tokenizer, threads, kv_dtype, host, port, parallel, api_key):
     """Serve the model over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions)."""
     from .server import serve as run_server
-    m = open_model(model, ctx, tokenizer, threads, kv_dtype)
+    m = open_model(model, ctx, tokenizer, threads, kv_dtype, device)
     if m.tokenizer is None:
         raise QllamaError(f"{m.checkpoint.path}: no tokenizer found; name one with --tokenizer")
     run_server(m, Path(m.checkpoint.path).name, host, port, parallel, api_key)
@@ -253,7 +255,7 @@ def pull():
 @model_options
 @click.option("--reference", default=None,
               help="A second model with the same tokenizer (e.g. unquantized): adds KL divergence and top-token agreement.")
-def perplexity(textfile, model, ctx, tokenizer, threads, kv_dtype, reference):
+def perplexity(textfile, model, ctx, device, tokenizer, threads, kv_dtype, reference):
     """Perplexity of the model on TEXTFILE, computed as llama.cpp's perplexity tool does.
 
     The text is cut into windows of --ctx tokens (default 512, or the model's context when
@@ -261,8 +263,8 @@ def perplexity(textfile, model, ctx, tokenizer, threads, kv_dtype, reference):
     """
     from .perplexity import format_report, perplexity, print_progress, read_text
     text = read_text(textfile)
-    m = open_model(model, None, tokenizer, threads, kv_dtype)
-    ref = open_model(reference, None, tokenizer) if reference else None
+    m = open_model(model, None, tokenizer, threads, kv_dtype, device)
+    ref = open_model(reference, None, tokenizer) if reference else None     # on the CPU
     result = perplexity(m, text, ctx=ctx, reference=ref, progress=print_progress if sys.stderr.isatty() else None)
     click.echo(format_report(result))
 
@@ -321,15 +323,16 @@ def quantize(source, output, method, **options):
 @model_options
 @click.option("--reference", is_flag=True, help="Time the numpy float32 reference path instead of the kernels.")
 @click.option("--decode-tokens", type=click.IntRange(min=1), default=64, show_default=True)
-def bench_command(model, ctx, tokenizer, threads, kv_dtype, reference, decode_tokens):
+def bench_command(model, ctx, device, tokenizer, threads, kv_dtype, reference, decode_tokens):
     """Prefill and decode tokens/s, bytes per token, GB/s and peak RSS of MODEL."""
     from .benchmark import bench
     from .model import load
     from .pull import resolve_model
     path = resolve_model(model)
     result = bench(lambda: load(path, ctx=ctx, tokenizer=tokenizer, reference=reference, kv_dtype=kv_dtype,
-                                threads=threads), n_decode=decode_tokens)
-    click.echo(f"model: {path} ({'reference' if reference else 'kernels'}, {threads or numba_threads()} threads)")
+                                threads=threads, device=device), n_decode=decode_tokens)
+    where = "cuda" if device == "cuda" else f"{'reference' if reference else 'kernels'}, {threads or numba_threads()} threads"
+    click.echo(f"model: {path} ({where})")
     click.echo(result.report())
 
 

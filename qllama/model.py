@@ -88,10 +88,28 @@ class Ops:
     rope: Callable           # (x, cos, sin)
     silu_mul: Callable       # (gate, up) -> silu(gate) * up
     attend: Callable         # (q, keys, values, pos, n_rep)
+    concat: Callable = np.concatenate   # (parts) -> the parts' rows one after another
 
 
 REFERENCE_OPS = Ops(rmsnorm, apply_rope, lambda gate, up: silu(gate) * up, attend_reference)
 KERNEL_OPS = Ops(elementwise.rmsnorm, elementwise.rope, elementwise.silu_mul, attend_kernel)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where a model runs: the classes its matrices become, where its vectors and KV caches live,
+    and its Ops. The CPU's is below; the GPU's is qllama/cuda/backend.py."""
+    device: str
+    quant: type              # QuantizedTensor -> a linear
+    dense: type              # float32 matrix -> a linear
+    vector: Callable         # float32 vector (norm weights) -> what Ops read
+    cache: type              # (args, ctx, dtype) -> a KV cache
+    ops: Ops
+    fuses: bool              # whether a layer's q, k, v (and gate, up) become one linear
+
+
+CPU = Backend("cpu", QuantLinear, DenseLinear, lambda v: v, KVCache, KERNEL_OPS, fuses=True)
+DEVICES = ("cpu", "cuda")
 
 
 def attend_spans(ops: Ops, spans: list[Span], layer: int, q, k, v, n_rep: int) -> np.ndarray:
@@ -100,13 +118,13 @@ def attend_spans(ops: Ops, spans: list[Span], layer: int, q, k, v, n_rep: int) -
         s = spans[0]
         keys, values = s.cache.update(layer, s.pos, k, v)              # (pos+n, kv_heads, hd)
         return ops.attend(q, keys, values, s.pos, n_rep)
-    out, start = np.empty((q.shape[0], q.shape[1] * q.shape[2]), np.float32), 0
+    parts, start = [], 0
     for s in spans:
         rows = slice(start, start + s.n)
         keys, values = s.cache.update(layer, s.pos, k[rows], v[rows])
-        out[rows] = ops.attend(q[rows], keys, values, s.pos, n_rep)
+        parts.append(ops.attend(q[rows], keys, values, s.pos, n_rep))
         start += s.n
-    return out
+    return ops.concat(parts)
 
 
 def forward(w: dict, args: ModelArgs, spans: list[Span], inv_freq: np.ndarray, tokens: np.ndarray,
@@ -163,7 +181,7 @@ class Model(TextAPI):
     """
 
     def __init__(self, checkpoint: Checkpoint, ctx: int | None = None, reference: bool = False,
-                 kv_dtype: str | None = None, threads: int | None = None):
+                 kv_dtype: str | None = None, threads: int | None = None, device: str = "cpu"):
         self.checkpoint = checkpoint
         self.args = checkpoint.args
         self.tokenizer = checkpoint.tokenizer
@@ -172,22 +190,24 @@ class Model(TextAPI):
         if not 0 < self.ctx <= self.args.max_seq_len:
             raise QllamaError(f"--ctx {self.ctx}: must be in 1..{self.args.max_seq_len} (the context "
                               f"{checkpoint.path.name} was made for)")
-        # the reference keeps float32 keys/values; the fast path float16 (half the memory and reads)
-        kv_dtype = kv_dtype or ("f32" if reference else "f16")
+        self.backend = self._backend(device, reference, kv_dtype)
+        # the reference keeps float32 keys/values; the CPU kernels float16 (half the memory and
+        # reads); the GPU float32 (for now)
+        kv_dtype = kv_dtype or ("f32" if reference or device == "cuda" else "f16")
         if kv_dtype not in KV_DTYPES:
             raise QllamaError(f"KV cache type {kv_dtype!r} is not one of {', '.join(KV_DTYPES)}")
         self.kv_dtype = KV_DTYPES[kv_dtype]
-        self.weights = load_weights(checkpoint, reference, self.args.n_layers)
+        self.weights = load_weights(checkpoint, reference, self.args.n_layers, self.backend)
         if checkpoint.release is not None:
             # the kernels read copies (or map the pages again where they read the file's planes):
             # whatever the copying mapped, in pages or in the page cache's large folios, goes
             checkpoint.release()
         self.inv_freq = inverse_frequencies(self.args)     # RoPE's angular speeds (head_dim/2,)
-        self.ops = REFERENCE_OPS if reference else KERNEL_OPS
+        self.ops = REFERENCE_OPS if reference else self.backend.ops
         self.threads = threads          # kernel threads for this model's passes (None: Numba's setting)
         self._lock = threading.Lock()
         self.closed = False
-        if not reference:
+        if not reference and self.backend is CPU:
             prepare_kernels(self)
         self._session = None
 
@@ -201,7 +221,24 @@ class Model(TextAPI):
             if self.threads is not None:    # Numba's setting is per calling thread
                 numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
             logits = forward(self.weights, self.args, spans, self.inv_freq, tokens, last_only, observe, self.ops)
-        return logits.astype(np.float32, copy=False)
+        return np.asarray(logits, dtype=np.float32)     # a device's logits come to the host here
+
+    @staticmethod
+    def _backend(device: str, reference: bool, kv_dtype: str | None) -> Backend:
+        if device not in DEVICES:
+            raise QllamaError(f"device {device!r} is not one of {', '.join(DEVICES)}")
+        if device == "cpu":
+            return CPU
+        if reference:
+            raise QllamaError("--reference runs on the CPU only, not with --device cuda")
+        if kv_dtype == "f16":
+            raise QllamaError(f"--device cuda keeps a float32 KV cache: --kv-cache {kv_dtype} is CPU only for now")
+        from .cuda.backend import cuda_backend
+        return cuda_backend()
+
+    def new_cache(self, ctx: int):
+        """An empty KV cache of ctx positions where this model runs (a Session's)."""
+        return self.backend.cache(self.args, ctx, self.kv_dtype)
 
     def decode_batch(self, sessions: list[Session], tokens) -> np.ndarray:
         """One new token for each session, in ONE pass over the weights -> logits (n_sessions, vocab)."""
@@ -254,14 +291,14 @@ class Model(TextAPI):
         return self.session.generate(prompt, **kwargs)
 
 
-def load_weights(checkpoint: Checkpoint, reference: bool, n_layers: int) -> dict:
-    """The checkpoint's tensors -> {name: float32 vector, DenseLinear or QuantLinear}. Matrices with
-    quantized bytes are laid out for their kernels a group at a time (one tensor, or a layer's
-    q, k, v or gate, up fused into one QuantLinear), so at most one group's requantized planes or
-    mapped pages are held besides the result."""
+def load_weights(checkpoint: Checkpoint, reference: bool, n_layers: int, backend: Backend) -> dict:
+    """The checkpoint's tensors -> {name: float32 vector or the backend's linear}. Matrices with
+    quantized bytes are laid out for their kernels a group at a time (one tensor, or on a backend
+    that fuses, a layer's q, k, v or gate, up as one linear), so at most one group's requantized
+    planes or mapped pages are held besides the result."""
     path, tensors, weights, requantized = checkpoint.path, checkpoint.tensors, {}, {}
     fused = {}                                  # first part's name -> (fused name, the parts' names)
-    for i in range(n_layers):
+    for i in range(n_layers if backend.fuses else 0):
         for names, fused_name in STACKED.items():
             parts = [f"model.layers.{i}.{n}" for n in names]
             if all(p in tensors for p in parts):
@@ -273,13 +310,14 @@ def load_weights(checkpoint: Checkpoint, reference: bool, n_layers: int) -> dict
         group_name, names = fused.get(name, (name, [name]))
         stored = [None if reference else stored_bytes(tensors[n], requantized) for n in names]
         if len(names) > 1 and all(stored) and fusable(stored):
-            lin = QuantLinear(stored)
+            lin = backend.quant(stored)
             if not lin.finite:                  # name the part that holds it
-                refuse_nonfinite(path, next(n for n, s in zip(names, stored) if not QuantLinear([s]).finite))
+                refuse_nonfinite(path, next(n for n, s in zip(names, stored) if not backend.quant([s]).finite))
             weights[group_name] = lin
             continue
         for n, s in zip(names, stored):
-            weights[n] = finite(path, n, QuantLinear([s]) if s is not None else dense_weight(tensors[n]))
+            weights[n] = (finite(path, n, backend.quant([s])) if s is not None else
+                          dense_weight(path, n, tensors[n], CPU if reference else backend))
     if requantized:
         print(f"qllama: {path.name}: no kernels for " + ", ".join(
             f"{source} ({n} tensors, requantized to {target})" for (source, target), n in requantized.items())
@@ -295,10 +333,7 @@ def finite(path, name: str, weight):
     """weight, when its float values (for quantized planes: the fp16 scales and mins) are all finite.
     A NaN makes every logit NaN on the reference path, yet the fast path's int8 activation codes are
     finite and print plausible text from a broken model: refuse the file, naming the tensor."""
-    if isinstance(weight, QuantLinear):
-        ok = weight.finite
-    else:
-        ok = np.isfinite(weight.weight if isinstance(weight, DenseLinear) else weight).all()
+    ok = np.isfinite(weight).all() if isinstance(weight, np.ndarray) else weight.finite
     if not ok:
         refuse_nonfinite(path, name)
     return weight
@@ -325,12 +360,12 @@ def stored_bytes(t: SourceTensor, requantized: dict) -> Stored | None:
     return None
 
 
-def dense_weight(t: SourceTensor):
-    """Vectors -> float32 arrays (copies: the forward pass then never touches the file's pages);
-    float matrices (and every matrix on the reference path) -> DenseLinear, float32."""
-    if len(t.shape) == 1:
-        return np.array(t.float32())
-    return DenseLinear(t.float32())
+def dense_weight(path, name: str, t: SourceTensor, backend: Backend):
+    """Vectors -> float32 arrays where the backend's Ops read them (on the CPU: copies, so the forward
+    pass never touches the file's pages); float matrices (and every matrix on the reference path)
+    -> the backend's float32 linear. Checked finite on the host, before they move."""
+    w = finite(path, name, np.array(t.float32()) if len(t.shape) == 1 else t.float32())
+    return backend.vector(w) if w.ndim == 1 else backend.dense(w)
 
 
 def ggml_bits_per_weight(type_name: str) -> float:
@@ -340,11 +375,12 @@ def ggml_bits_per_weight(type_name: str) -> float:
 
 
 def load(path, ctx: int | None = None, tokenizer=None, reference: bool = False, kv_dtype: str | None = None,
-         threads: int | None = None) -> Model:
+         threads: int | None = None, device: str = "cpu") -> Model:
     """Load any supported checkpoint (HF folder, GGUF, llama2.c .bin, qllama file, or a pulled
     model's name) into a Model. reference=True runs the numpy float32 reference path instead of the
     quantized kernels; kv_dtype "f16" (the fast path's default) or "f32" (the reference's);
-    threads: kernel threads for this model (default: all cores)."""
+    threads: kernel threads for this model (default: all cores); device "cpu" or "cuda" (an
+    NVIDIA GPU through numba-cuda: pip install 'qllama[cuda]')."""
     from .pull import resolve_model
     path = resolve_model(None if path is None else str(path))
-    return Model(open_checkpoint(path, tokenizer), ctx, reference, kv_dtype, threads)
+    return Model(open_checkpoint(path, tokenizer), ctx, reference, kv_dtype, threads, device)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .cache import KVCache, Span
+from .cache import Span
 from .errors import QllamaError
 
 PREFILL_CHUNK = 512     # tokens per pass of a prompt (llama.cpp's default micro-batch)
@@ -41,7 +41,7 @@ class Session:
         self.ctx = ctx or model.ctx
         if not 0 < self.ctx <= model.ctx:
             raise QllamaError(f"session context {self.ctx} must be in 1..{model.ctx} (the model's --ctx)")
-        self.cache = KVCache(model.args, self.ctx, model.kv_dtype)
+        self.cache = model.new_cache(self.ctx)    # where the model runs: host or GPU memory
         self.tokens: list[int] = []     # the tokens whose keys/values the cache holds, in order
         self.last_prefill = 0           # tokens run by the last prefill() or append()
         self.timings = Timings()        # of the last generation

@@ -7,6 +7,8 @@ per-frequency divisors, and no rope.scaling metadata) is not a weight: it goes i
 """
 from __future__ import annotations
 
+import functools
+
 import math
 import mmap
 import re
@@ -77,6 +79,8 @@ def check_tensor(name: str, type_id: int, dims: list[int], begin: int, file_size
         block, type_size = gguf.GGML_QUANT_SIZES[qtype]
     except (ValueError, KeyError):
         raise TensorProblem(f"tensor {name} has unknown GGML type {type_id}") from None
+    if not decodable(qtype):
+        raise TensorProblem(f"tensor {name} has GGML type {qtype.name}, which qllama cannot decode")
     if any(d < 0 for d in dims) or not dims:
         raise TensorProblem(f"tensor {name} has bad dimensions {dims}")
     if dims[0] % block:
@@ -138,6 +142,7 @@ def read_rope_freqs(path: Path, t, qtype) -> list[float]:
     return values.tolist()
 
 
+@functools.cache
 def decodable(qtype) -> bool:
     """Whether the gguf package dequantizes qtype (it lacks a few, such as Q8_1): one zero block tried."""
     import gguf
@@ -171,8 +176,6 @@ def read_gguf(path: Path) -> Checkpoint:
         if t.name == ROPE_FREQS:
             rope_freqs = read_rope_freqs(path, t, qtype)
             continue
-        if not decodable(qtype):
-            raise QllamaError(f"{path}: tensor {t.name} has GGML type {qtype.name}, which qllama cannot decode")
         raw_tensors[hf_name(path, t.name)] = (t, qtype)
     if "model.embed_tokens.weight" not in raw_tensors:
         raise QllamaError(f"{path}: no token_embd.weight tensor: not a model with weights (a vocab-only GGUF?)")

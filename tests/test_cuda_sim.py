@@ -1,0 +1,41 @@
+"""The CUDA backend without a GPU: its kernels and the whole model in Numba's CUDA simulator (in a
+process of their own: NUMBA_ENABLE_CUDASIM must be set before numba is imported), and the one
+line `--device cuda` prints where numba-cuda or a GPU driver is missing."""
+import os
+import subprocess
+import sys
+
+from paths import MODELS, REPO
+
+SIMULATOR_TESTS = ["tests/cuda_sim/sim_kernels.py", "tests/cuda_sim/sim_model.py"]
+STORIES = str(MODELS / "stories260K" / "stories260K.bin")
+
+
+def test_cuda_kernels_and_model_in_the_simulator():
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *SIMULATOR_TESTS],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
+    assert " passed" in r.stdout and "skipped" not in r.stdout
+
+
+def run_cli(args, env=None, block_numba_cuda=False):
+    """`qllama ARGS` in a subprocess; with block_numba_cuda, as if the package were not installed."""
+    code = ("import sys\n" + ("sys.modules['numba_cuda'] = None\n" if block_numba_cuda else "")
+            + "from qllama.cli import main\nsys.argv = ['qllama'] + sys.argv[1:]\nmain()\n")
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, **(env or {})))
+
+
+def test_device_cuda_without_numba_cuda_is_one_line():
+    r = run_cli(["run", "-m", STORIES, "--device", "cuda", "-n", "2", "--raw", "Once"], block_numba_cuda=True)
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.strip().splitlines() == ["error: --device cuda needs the numba-cuda package: pip install 'qllama[cuda]'"]
+
+
+def test_device_cuda_without_a_driver_is_one_line():
+    # NUMBA_CUDA_DRIVER names the driver library: a missing one is what a machine without a GPU has
+    r = run_cli(["bench", "-m", STORIES, "--device", "cuda"], env={"NUMBA_CUDA_DRIVER": "/nonexistent/libcuda.so"})
+    assert r.returncode == 1 and r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --device cuda: no usable NVIDIA GPU or driver ("), lines
