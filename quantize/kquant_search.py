@@ -26,8 +26,12 @@ import numpy as np
 from .search import _f16
 
 QK_K = 256
-N_FAN = 20              # candidates per side: iscale = (nmax + FAN_STEP * k) / range, |k| <= N_FAN
-FAN_STEP = 0.05
+# candidates: iscale = (nmax + FAN_STEP * k) / range, |k| <= N_FAN (Q6_K: from each end of the levels);
+# twice as many, twice as fine, measured the same error to 4 digits on random and SmolLM2 weights
+N_FAN = 10
+FAN_STEP = 0.1
+N_FAN_SYM = 9
+FAN_STEP_SYM = 0.1
 N_REFINE = 3
 
 
@@ -173,8 +177,8 @@ def _sym_subblock(x, w, qmin, qmax):
         err = _sym_error(x, w, s, qmin, qmax)
         if err < best:
             best, best_s = err, s
-        for k in range(-N_FAN, N_FAN + 1):
-            s = _sym_fit(x, w, (end + FAN_STEP * k * np.sign(end)) / signed_max, qmin, qmax)
+        for k in range(-N_FAN_SYM, N_FAN_SYM + 1):
+            s = _sym_fit(x, w, (end + FAN_STEP_SYM * k * np.sign(end)) / signed_max, qmin, qmax)
             err = _sym_error(x, w, s, qmin, qmax)
             if err < best:
                 best, best_s = err, s
