@@ -2,7 +2,8 @@
 """llama.cpp runs qllama's exported GGUF files: same tokens and logits as qllama, and the quality of
 qllama's GPTQ Q4_0 against llama.cpp's own Q4_0, with llama.cpp as the evaluator.
 
-    python bench/export_check.py [--parts agree,quality,kquant] [--workdir DIR] [--threads 2]
+    python bench/export_check.py [--parts agree,quality,kquant] [--workdir DIR] [--threads 2] [--reuse]
+                                 [--agree-formats q4_k_m,q6_k]
 
 Part `agree`: each source is quantized by `qllama.quantize.convert` twice, to OUT.gguf and to its
 OUT.safetensors twin. llama.cpp (llama_cpp.Llama, logits_all) loads the .gguf; qllama loads both.
@@ -175,6 +176,8 @@ def part_agree(work: Path, threads: int, out) -> None:
     jobs += [(f"fixture {p.name}", p, "q8_0", {"tokenizer": bpe}, "fixture") for p in sorted(FIXTURES.iterdir())
              if p.is_dir()]
     for label, source, fmt, options, kind in jobs:
+        if AGREE_FORMATS is not None and fmt not in AGREE_FORMATS:
+            continue
         stem = work / f"{source.name.split('.')[0]}-{fmt}"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the fixtures' 172-wide rows are stored as F32: said in the table
@@ -229,6 +232,7 @@ def float_models(work: Path) -> dict[str, Path]:
 
 
 REUSE = False   # --reuse: keep the files a previous run left in --workdir
+AGREE_FORMATS = None   # --agree-formats: part agree runs only these formats (None: all)
 
 
 def qllama_gguf(title: str, reference: Path, path: Path, label: str, **options) -> Path:
@@ -381,9 +385,11 @@ def main():
     p.add_argument("--workdir", type=Path, default=None, help="keep the files here (default: a temporary folder)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reuse", action="store_true", help="keep qllama's files already in --workdir")
+    p.add_argument("--agree-formats", default=None, help="part agree: only these formats (e.g. q4_k_m,q6_k)")
     args = p.parse_args()
-    global REUSE
+    global REUSE, AGREE_FORMATS
     REUSE = args.reuse
+    AGREE_FORMATS = None if args.agree_formats is None else set(args.agree_formats.split(","))
     try:
         import llama_cpp  # noqa: F401
     except ImportError:
