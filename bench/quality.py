@@ -4,7 +4,8 @@ For stories260K (real float32 weights) and SmolLM2-135M-Instruct (its Q4_1 GGUF 
 float32 is the reference), quantize with each FORMATS entry, then measure on a real English text we
 did not write (bench/data/gpl-3.txt, the GNU GPL v3): file size, bits per weight, perplexity, KL
 divergence from the float model and top-1 agreement, as `qllama perplexity --reference` does.
-Embedding and output head stay q8_g32 in every row, so rows of one format have the same size.
+Embedding and output head stay q8_g32 in every row, so rows of one format have the same size, except
+llama.cpp's k-quant mixes (q4_k_m, q5_k_m, q6_k), which choose every tensor's type as llama.cpp does.
 The calibrated row uses a different text (the Apache License 2.0 text from Debian's base-files) than the one
 it is measured on.
 
@@ -25,8 +26,9 @@ import qllama
 from qllama.checkpoint import SourceTensor, open_checkpoint
 from qllama.perplexity import perplexity
 from qllama.pull import ensure_default_gguf
-from qllama.quantize.convert import convert_checkpoint
+from qllama.quantize.convert import convert_checkpoint, resolve_format
 from qllama.quantize.formats import FORMATS, get_format
+from qllama.quantize.kquant_mix import MIXES, KQuantMix
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = ROOT / "bench" / "data" / "gpl-3.txt"
@@ -53,7 +55,8 @@ def evaluate(name, ckpt, reference, text, configs, out):
         for fmt_name, method in configs:
             path = Path(tmp) / "q.safetensors"
             start = time.monotonic()
-            convert_checkpoint(ckpt, path, get_format(fmt_name), get_format("q8_g32"),
+            fmt = resolve_format(fmt_name)
+            convert_checkpoint(ckpt, path, fmt, None if isinstance(fmt, KQuantMix) else get_format("q8_g32"),
                                calibration=CALIBRATION if method == "search+calibration" else None,
                                force=True, search=method != "absmax")
             seconds = time.monotonic() - start
@@ -68,14 +71,13 @@ def evaluate(name, ckpt, reference, text, configs, out):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="stories,smollm2")
-    p.add_argument("--formats", default=",".join(FORMATS))
+    p.add_argument("--formats", default=",".join([f for f in FORMATS if f not in MIXES] + list(MIXES)))
     p.add_argument("--smollm2-chars", type=int, default=12000, help="SmolLM2 is slower: measure on the text's start")
     args = p.parse_args()
     text = TEXT.read_text(encoding="utf-8")
     formats = args.formats.split(",")
     configs = [(f, m) for f in formats for m in ("absmax", "search")]
-    if "q4_g32" in formats:
-        configs.append(("q4_g32", "search+calibration"))
+    configs += [(f, "search+calibration") for f in ("q4_g32", "q4_k_m") if f in formats]
     models = {
         "stories": ("stories260K (float32 weights; llama2.c .bin)", ROOT.parent / "shared/models/stories260K/stories260K.bin", text),
         "smollm2": ("SmolLM2-135M-Instruct (Q4_1 GGUF dequantized as the reference)", None, text[:args.smollm2_chars]),

@@ -280,11 +280,18 @@ def list_formats(ctx, _param, value):
     if not value or ctx.resilient_parsing:
         return
     from .quantize.formats import ALIASES, FORMATS
+    from .quantize.kquant_mix import MIXES
     aliases = {v: k for k, v in ALIASES.items()}
-    click.echo(f"{'format':10s} {'bits':>4s} {'group':>5s} {'kind':10s} {'bits/weight':>11s}  ggml")
+    click.echo(f"{'format':10s} {'bits':>4s} {'group':>5s} {'kind':11s} {'bits/weight':>11s}  ggml")
     for f in FORMATS.values():
+        if f.name in MIXES:   # the name means the mix (below); the plain format is the mix's base type
+            continue
         ggml = aliases.get(f.name, f.ggml_type if f.kind == "k-quant" else "")
-        click.echo(f"{f.name:10s} {f.bits:4d} {f.group_size:5d} {f.kind:10s} {f.bits_per_weight:11.3f}  {ggml}")
+        click.echo(f"{f.name:10s} {f.bits:4d} {f.group_size:5d} {f.kind:11s} {f.bits_per_weight:11.3f}  {ggml}")
+    for m in MIXES.values():
+        click.echo(f"{m.name:10s} {'':4s} {256:5d} {m.kind:11s} {'~' + format(m.bits_per_weight, '.3f'):>11s}  "
+                   f"{m.file_type.removeprefix('MOSTLY_')} (llama.cpp's tensor mix: Q6_K head"
+                   f"{', part of attn_v/ffn_down' if m.more_bits else ''})")
     ctx.exit()
 
 
@@ -292,10 +299,12 @@ def list_formats(ctx, _param, value):
 @click.argument("source", type=click.Path())
 @click.argument("output", type=click.Path(dir_okay=False))
 @click.option("--format", "format", required=True, help="q8, q4 (symmetric) or q4a (asymmetric), or a full name "
-              "such as q4_g64 or ggml's q4_0 / q4_1 / q8_0; see --list-formats.")
+              "such as q4_g64 or ggml's q4_0 / q4_1 / q8_0, or llama.cpp's k-quant mixes q4_k_m / q5_k_m / q6_k; "
+              "see --list-formats.")
 @click.option("--group-size", type=int, default=None, callback=check_group_size, help="32, 64 or 128 (default 32).")
-@click.option("--embeddings-format", default="q8_g32", show_default=True,
-              help="Format of the token embedding and output head.")
+@click.option("--embeddings-format", default=None,
+              help="Format of the token embedding and output head (default: q8_g32; a k-quant mix: llama.cpp's "
+                   "choice, Q6_K for the head).")
 @click.option("--calibration", type=click.Path(dir_okay=False), default=None,
               help="Text whose activations weigh the error of each input column (like llama.cpp's imatrix).")
 @click.option("--method", type=click.Choice(["search", "absmax"]), default="search", show_default=True,
@@ -306,7 +315,7 @@ def list_formats(ctx, _param, value):
               help="List the formats and their bits per weight, then exit.")
 def quantize(source, output, method, **options):
     """Quantize SOURCE (HF folder, .gguf, llama2.c .bin) into OUTPUT: ONE qllama .safetensors file, or a
-    .gguf that llama.cpp runs (formats q8_0, q4_0, q4_1)."""
+    .gguf that llama.cpp runs (formats q8_0, q4_0, q4_1, the k-quants and q4_k_m, q5_k_m)."""
     from .quantize.convert import convert
     reports = convert(source, output, search=method == "search", **options)
     total_bits = sum(r.bits_per_weight * r.n_weights for r in reports)

@@ -3,9 +3,11 @@ or a .gguf that llama.cpp runs (gguf_writer.py, gguf_metadata.py).
 
 Streams tensor by tensor (peak memory ~ the largest tensor); writes atomically. Tensor policy: norms
 stay float32; the token embedding and output head use `embeddings_format` (8-bit by default); every
-other matrix uses `format`. A GGUF tensor already in Q8_0/Q4_0/Q4_1 is copied bit for bit as its
-identical qllama format unless that format has more bits than asked for; other quantized GGUF types
-are dequantized and requantized, with a warning.
+other matrix uses `format`. A llama.cpp k-quant file type (q4_k_m, q5_k_m, q6_k: kquant_mix.py)
+instead picks each tensor's type as llama.cpp does, the embedding and head included unless
+`embeddings_format` is given. A GGUF tensor already in a type of the table (Q8_0, Q4_0, Q4_1, the
+k-quants) is copied bit for bit as its identical qllama format unless that format has more bits
+than asked for; other quantized GGUF types are dequantized and requantized, with a warning.
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ import numpy as np
 from ..checkpoint import Checkpoint, open_checkpoint
 from ..errors import QllamaError
 from .formats import ALIASES, BY_GGML_TYPE, FORMATS, QuantFormat, get_format
+from .gguf_writer import ggml_name
+from .kquant_mix import MIXES, KQuantMix, ggml_types, qllama_format
 from .gguf_metadata import gguf_fields
 from .gguf_writer import GGUFOutput
 from .gptq import gptq_quantize
@@ -30,6 +34,7 @@ from .tensor import QuantizedTensor, from_ggml_blocks, plane_shapes, quantize_ma
 from .writer import SafetensorsWriter, atomic_output
 
 FORMAT_VERSION = "1"
+DEFAULT_EMBEDDINGS = "q8_g32"   # the embedding and head of a plain --format (a k-quant mix has its own)
 FLOAT_TYPES = ("F32", "F16", "BF16")
 EMBEDDINGS = ("model.embed_tokens.weight", "lm_head.weight")
 OUTPUT_SUFFIXES = (".safetensors", ".gguf")
@@ -39,7 +44,7 @@ OUTPUT_SUFFIXES = (".safetensors", ".gguf")
 class TensorReport:
     name: str
     format: str          # a FORMATS name or "F32"
-    how: str             # "searched", "absmax", "exact copy", "requantized", "float"
+    how: str             # "searched", "absmax", "gptq", "imatrix", "exact copy", "requantized", "float"
     bits_per_weight: float
     rel_rms_error: float  # ||dequantized - source|| / ||source||
     n_weights: int
@@ -59,14 +64,28 @@ def source_sha256(path: Path) -> str:
     return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
-def plan(ckpt: Checkpoint, fmt: QuantFormat, embed_fmt: QuantFormat) -> dict[str, tuple[QuantFormat | None, str]]:
+def targets(ckpt: Checkpoint, fmt, embed_fmt) -> dict[str, QuantFormat | None]:
+    """Matrix name -> the format asked for it (None: float32): a k-quant mix's choice per tensor,
+    else `embed_fmt` for the embedding and head and `fmt` for the rest."""
+    matrices = {n: t.shape for n, t in ckpt.tensors.items() if len(t.shape) > 1}
+    if not isinstance(fmt, KQuantMix):
+        return {n: embed_fmt if n in EMBEDDINGS else fmt for n in matrices}
+    types = ggml_types(fmt, {ggml_name(n): s for n, s in matrices.items()}, ckpt.args.n_layers)
+    chosen = {n: qllama_format(types[ggml_name(n)], s[-1]) for n, s in matrices.items()}
+    if embed_fmt is not None:
+        chosen.update({n: embed_fmt for n in matrices if n in EMBEDDINGS})
+    return chosen
+
+
+def plan(ckpt: Checkpoint, fmt, embed_fmt) -> dict[str, tuple[QuantFormat | None, str]]:
     """Tensor name -> (format or None for float32, how), in file order."""
     plans = {}
+    chosen = targets(ckpt, fmt, embed_fmt)
     for name, t in ckpt.tensors.items():
-        if len(t.shape) == 1:
+        target = chosen.get(name)
+        if target is None:
             plans[name] = (None, "float")
             continue
-        target = embed_fmt if name in EMBEDDINGS else fmt
         same = BY_GGML_TYPE.get(t.dtype)
         if same is not None and same.bits <= target.bits:
             plans[name] = (same, "exact copy")
@@ -123,12 +142,26 @@ def progress(i: int, n: int, name: str, start: float) -> None:
 
 
 def convert(source, output, format: str = "q4", group_size: int | None = None,
-            embeddings_format: str = "q8_g32", calibration=None, force: bool = False,
+            embeddings_format: str | None = None, calibration=None, force: bool = False,
             tokenizer=None, search: bool = True) -> list[TensorReport]:
     """Quantize `source` into `output`: a qllama .safetensors file, or a .gguf for llama.cpp.
     Returns one report per tensor."""
-    fmt, embed_fmt = get_format(format, group_size), get_format(embeddings_format)
+    fmt = resolve_format(format, group_size)
+    if embeddings_format is None:
+        embed_fmt = None if isinstance(fmt, KQuantMix) else get_format(DEFAULT_EMBEDDINGS)
+    else:
+        embed_fmt = get_format(embeddings_format)
     return convert_checkpoint(open_checkpoint(source, tokenizer), output, fmt, embed_fmt, calibration, force, search)
+
+
+def resolve_format(name: str, group_size: int | None = None):
+    """A llama.cpp k-quant file type (q4_k_m, q5_k_m, q6_k) or a FORMATS entry (get_format)."""
+    mix = MIXES.get(name.lower())
+    if mix is None:
+        return get_format(name, group_size)
+    if group_size is not None:
+        raise QllamaError(f"format {name} is llama.cpp's k-quant mix (super-blocks of 256): no --group-size")
+    return mix
 
 
 def output_kind(output: Path) -> str:
@@ -139,16 +172,16 @@ def output_kind(output: Path) -> str:
     return output.suffix.lower()
 
 
-def check_ggml_formats(fmt: QuantFormat, embed_fmt: QuantFormat) -> None:
-    """A .gguf holds only ggml's own types: the group-32 formats (Q8_0, Q4_0, Q4_1)."""
+def check_ggml_formats(fmt, embed_fmt) -> None:
+    """A .gguf holds only ggml's own types: the group-32 formats (Q8_0, Q4_0, Q4_1) and the k-quants."""
     for f, option in ((fmt, "--format"), (embed_fmt, "--embeddings-format")):
-        if not isinstance(f, QuantFormat):     # the k-quants' writer is not done yet
-            raise QllamaError(f"{option} {f.name}: writing k-quants to .gguf is not supported yet; use q8_0, "
-                              f"q4_0 or q4_1, or a .safetensors output")
+        if f is None or isinstance(f, KQuantMix):   # a mix picks only ggml types
+            continue
         if f.ggml_type is None:
             same_family = next(a for a, n in ALIASES.items() if FORMATS[n].family == f.family)
-            raise QllamaError(f"{option} {f.name} has no llama.cpp (ggml) type: a .gguf output takes q8_0, q4_0 "
-                              f"or q4_1; use {same_family} for .gguf, or a .safetensors output for {f.name}")
+            raise QllamaError(f"{option} {f.name} has no llama.cpp (ggml) type: a .gguf output takes q8_0, q4_0, "
+                              f"q4_1, q4_k, q5_k, q6_k or a k-quant mix (q4_k_m, q5_k_m); use {same_family} for "
+                              f".gguf, or a .safetensors output for {f.name}")
 
 
 class QllamaFileOutput:
@@ -201,6 +234,9 @@ def quantized_tensors(ckpt: Checkpoint, plans, moments: dict, search: bool):
         if name in moments and search and tfmt.searchable:
             how = "gptq"
             q = gptq_quantize(w, tfmt, moments[name])
+        elif name in moments and search:   # the k-quants: the search weighs columns by the imatrix
+            how = "imatrix"
+            q = quantize_matrix(w, tfmt, np.diag(moments[name]).astype(np.float32), search)
         else:
             q = quantize_matrix(w, tfmt, None, search)
         yield name, q, TensorReport(name, tfmt.name, how, 8 * q.nbytes / w.size, relative_error(q, w), w.size)
@@ -208,9 +244,10 @@ def quantized_tensors(ckpt: Checkpoint, plans, moments: dict, search: bool):
         t.done()
 
 
-def convert_checkpoint(ckpt: Checkpoint, output, fmt: QuantFormat, embed_fmt: QuantFormat, calibration=None,
+def convert_checkpoint(ckpt: Checkpoint, output, fmt, embed_fmt, calibration=None,
                        force: bool = False, search: bool = True) -> list[TensorReport]:
-    """The body of `convert`, for a checkpoint already open (benches pass modified ones)."""
+    """The body of `convert`, for a checkpoint already open (benches pass modified ones). fmt: a
+    FORMATS entry or a KQuantMix; embed_fmt: a FORMATS entry, or None for a mix's own choice."""
     output, source = Path(output), ckpt.path
     kind = output_kind(output)
     if ckpt.kind == "qllama":

@@ -20,7 +20,7 @@ from ..checkpoint import Checkpoint
 from ..config import ModelArgs
 from ..errors import QllamaError
 from ..gguf_vocab import CONTROL, NORMAL, PRE_TOKENIZERS, UNUSED, USER_DEFINED
-from .formats import QuantFormat
+from .kquant_mix import KQuantMix
 
 VT = gguf.GGUFValueType
 # the names llama.cpp gives the pre-tokenizers qllama knows, by their split regexes; each is a name
@@ -43,12 +43,23 @@ class Field:
     sub_type: gguf.GGUFValueType | None = None   # element type of an array
 
 
-def model_fields(args: ModelArgs, name: str, fmt: QuantFormat) -> list[Field]:
+def file_type(fmt) -> gguf.LlamaFileType:
+    """general.file_type as llama.cpp's quantizer writes it: a k-quant mix's own (MOSTLY_Q4_K_M); a
+    plain format's ggml type (MOSTLY_Q4_0), or for a plain k-quant the file type whose matrices
+    are all of that type but the head (MOSTLY_Q4_K_S, MOSTLY_Q5_K_S, MOSTLY_Q6_K)."""
+    if isinstance(fmt, KQuantMix):
+        return gguf.LlamaFileType[fmt.file_type]
+    types = gguf.LlamaFileType.__members__
+    name = f"MOSTLY_{fmt.ggml_type}"
+    return types[name] if name in types else types[f"{name}_S"]
+
+
+def model_fields(args: ModelArgs, name: str, fmt) -> list[Field]:
     """general.* and llama.*: what llama.cpp's llama architecture reads (llama-model.cpp, load_hparams)."""
     u32, f32 = VT.UINT32, VT.FLOAT32
     fields = [
         Field("general.name", name, VT.STRING),
-        Field("general.file_type", int(gguf.LlamaFileType[f"MOSTLY_{fmt.ggml_type}"]), u32),
+        Field("general.file_type", int(file_type(fmt)), u32),
         Field("general.quantization_version", gguf.GGML_QUANT_VERSION, u32),
         Field("llama.vocab_size", args.vocab_size, u32),
         Field("llama.context_length", args.max_seq_len, u32),
@@ -183,7 +194,7 @@ def bpe_fields(blob: bytes, ckpt: Checkpoint) -> list[Field]:
     return fields
 
 
-def gguf_fields(ckpt: Checkpoint, fmt: QuantFormat) -> list[Field]:
+def gguf_fields(ckpt: Checkpoint, fmt) -> list[Field]:
     """Every metadata key of the exported file, in writing order. A GGUF source's tokenizer keys are
     kept as they are (llama.cpp made them), and so are its descriptive general.* keys."""
     own = source_fields(ckpt)

@@ -5,7 +5,8 @@ so tensors go to the file one at a time as convert makes them (peak memory: one 
 qllama's layout to llama.cpp's:
 - names: Hugging Face -> llama.cpp, the GGUF reader's table inverted;
 - q/k rows: rotate-half -> GGUF's interleaved-pair RoPE layout, the reader's permutation inverted;
-- planes -> ggml blocks: at group 32, q8/q4/q4a are Q8_0/Q4_0/Q4_1 byte for byte (formats.py);
+- planes -> ggml blocks: at group 32, q8/q4/q4a are Q8_0/Q4_0/Q4_1 byte for byte (formats.py), and
+  q4_k/q5_k/q6_k are Q4_K/Q5_K/Q6_K (kquants.py): each format's planes join back field by field;
 - a matrix whose rows are not whole blocks of 32 (stories260K's 172-wide down_proj) has no ggml
   quant type: its quantized values are stored as F32, exactly (llama.cpp's own quantize uses F16);
 - llama3 RoPE scaling: the rope_freqs.weight tensor of per-pair divisors, as convert_hf_to_gguf.py.
@@ -24,7 +25,8 @@ from ..readers.gguf import BLOCK_NAMES, GLOBAL_NAMES
 from ..rope import inverse_frequencies
 from .formats import QuantFormat
 from .gguf_metadata import Field
-from .tensor import QuantizedTensor, to_ggml_blocks
+from .planes import join_ggml_blocks
+from .tensor import QuantizedTensor
 
 QT = gguf.GGMLQuantizationType
 GGML_GLOBAL = {hf: name for name, hf in GLOBAL_NAMES.items()}
@@ -44,6 +46,13 @@ def ggml_type(fmt: QuantFormat | None, shape: tuple[int, ...]) -> gguf.GGMLQuant
     if fmt is None or shape[-1] % fmt.group_size:
         return QT.F32
     return QT[fmt.ggml_type]
+
+
+def ggml_blocks(q: QuantizedTensor) -> np.ndarray:
+    """Planes -> uint8 (out, n_blocks * block bytes): ggml's blocks, row after row."""
+    fmt, out = q.fmt, q.shape[0]
+    blocks = join_ggml_blocks(q.planes, q.n_groups, fmt.planes, fmt.ggml_fields)
+    return blocks.reshape(out, q.n_groups * fmt.bytes_per_group)
 
 
 def rope_divisors(args: ModelArgs) -> np.ndarray | None:
@@ -89,7 +98,7 @@ class GGUFOutput:
         if name != expected:
             raise RuntimeError(f"GGUF writer expected tensor {expected}, got {name}")
         if isinstance(value, QuantizedTensor):
-            value = value.dequantize() if self.types[name] == QT.F32 else to_ggml_blocks(value)
+            value = value.dequantize() if self.types[name] == QT.F32 else ggml_blocks(value)
         self.writer.write_tensor_data(np.ascontiguousarray(self.interleave(name, value)))
 
     def interleave(self, name: str, rows: np.ndarray) -> np.ndarray:

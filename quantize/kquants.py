@@ -67,7 +67,7 @@ class KQuantFormat:
                                # (measured 0.079, 0.039, 0.019)
     kernel: str = "kquant"     # the kernels module (qllama.kernels.<kernel>) that multiplies it
     group_size: int = QK_K     # the block: rows are padded to whole super-blocks
-    searchable: bool = False   # no scale search: qllama quantizes to k-quants by quantize_ref only
+    searchable: bool = False   # not by search.py / GPTQ (group-wise): by quantize_planes on whole super-blocks
 
     @property
     def act_group(self) -> int:
@@ -141,6 +141,14 @@ class KQuantFormat:
         else:
             x = scale[:, :, None] * (q - np.float32(self.offset))
         return x.reshape(n, QK_K)
+
+    def quantize_planes(self, x: np.ndarray, weights: np.ndarray | None) -> dict[str, np.ndarray]:
+        """(n, 256) float32 super-blocks -> planes: the error-minimising search (kquant_search.py)
+        under per-weight importance `weights`, or quantize_ref's plain rounding when None."""
+        if weights is None:
+            return self.quantize_ref(x)
+        from .kquant_search import search_kquant
+        return search_kquant(self, x, weights)
 
     def quantize_ref(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """(n, 256) float32 super-blocks -> planes, by plain absmax / min-max rounding (no search):

@@ -69,8 +69,8 @@ CHUNK_ELEMENTS = 1 << 22  # rows are quantized in chunks of about this many weig
 def quantize_matrix(w: np.ndarray, fmt, importance: np.ndarray | None = None,
                     search: bool = True) -> QuantizedTensor:
     """w (out, in) float32 -> planes. importance (in,): weight of each input column's squared error
-    (an imatrix); None weighs all equally. search=False gives ggml's absmax rounding. A format
-    without a search (the k-quants) takes its quantize_ref and ignores importance."""
+    (an imatrix); None weighs all equally. search=False gives ggml's absmax rounding (the k-quants:
+    their quantize_ref's min/max rounding)."""
     out, n_in = w.shape
     g = fmt.group_size
     pad = -n_in % g
@@ -84,12 +84,12 @@ def quantize_matrix(w: np.ndarray, fmt, importance: np.ndarray | None = None,
         n = len(rows)
         x = np.pad(rows, ((0, 0), (0, pad)), mode="edge") if pad else rows
         groups = x.reshape(-1, g)
-        if not fmt.searchable:
-            for name, a in fmt.quantize_ref(groups).items():
+        weights = np.broadcast_to(col_weight, x.shape).reshape(-1, g) if search else None
+        if not fmt.searchable:   # the k-quants search whole super-blocks themselves
+            for name, a in fmt.quantize_planes(groups, weights).items():
                 planes[name][r:r + n] = a.reshape(n, -1)
             continue
         if search:
-            weights = np.broadcast_to(col_weight, x.shape).reshape(-1, g)
             levels, d, m = search_quantize(fmt, groups, weights)
         else:
             levels, d, m = fmt.quantize_ref(groups)
@@ -136,16 +136,3 @@ def from_ggml_blocks(blocks: np.ndarray, shape: tuple[int, int], fmt) -> Quantiz
         raise ValueError(f"rows of {n_in} weights are not whole {fmt.ggml_type} blocks of {fmt.group_size}")
     n_groups = n_in // fmt.group_size
     return QuantizedTensor(fmt, shape, split_ggml_blocks(blocks, out, n_groups, fmt.planes, fmt.ggml_fields))
-
-
-def to_ggml_blocks(q: QuantizedTensor) -> np.ndarray:
-    """The inverse of from_ggml_blocks: planes -> uint8 (out, n_groups * bytes_per_group), each block
-    fp16 d (and m) then the codes. Needs a format with a ggml layout and rows of whole groups."""
-    fmt, (out, n_in) = q.fmt, q.shape
-    if fmt.ggml_type is None or n_in % fmt.group_size:
-        raise ValueError(f"{fmt.name} rows of {n_in} are not ggml blocks")
-    fields = [q.scales.reshape(out, q.n_groups, 1).view(np.uint8)]
-    if q.mins is not None:
-        fields.append(q.mins.reshape(out, q.n_groups, 1).view(np.uint8))
-    fields.append(q.qweight.reshape(out, q.n_groups, fmt.qbytes_per_group))
-    return np.concatenate(fields, axis=2).reshape(out, q.n_groups * fmt.bytes_per_group)
