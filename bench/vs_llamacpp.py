@@ -270,6 +270,8 @@ def child_qllama(path: Path, threads: int) -> dict:
     import numba
     numba.set_num_threads(threads)
     import qllama
+    if Path(qllama.__file__).resolve().parents[1] != REPO:      # another install on this Python's path
+        raise SystemExit(f"error: this Python imports qllama from {qllama.__file__}, not from {REPO}")
     from qllama.benchmark import bench
     r = bench(lambda: qllama.load(path, ctx=N_CTX), PREFILL_LENGTHS, N_DECODE, seed=SEED)
     return {"prefill": r.prefill_tok_s, "decode": r.decode_tok_s, "load_s": r.load_s,

@@ -18,6 +18,9 @@ from dataclasses import dataclass
 
 import numba as nb
 import numpy as np
+from llvmlite import ir
+from numba.core import types
+from numba.extending import intrinsic
 
 from .jit import kernel
 from .layout import ROWS
@@ -68,20 +71,31 @@ def stored_ggml(blocks: np.ndarray, shape: tuple[int, int], fmt, order: np.ndarr
     return Stored(fmt, tuple(shape), {p.name: fields[p.name] for p in fmt.planes}, order, done)
 
 
+@intrinsic
+def _copy_word(typingctx, src, src_at, dst, dst_at, xor):
+    """dst[dst_at:dst_at + 4] = src[src_at:src_at + 4] ^ xor (each byte), as one unaligned 32-bit
+    load and store: a ggml block's fields sit at any byte offset, which numpy cannot view as words."""
+    def codegen(context, b, signature, args):
+        s_t, _, d_t, _, _ = signature.args
+        s, s_at, d, d_at, x = args
+        word = ir.IntType(32).as_pointer()
+        src_ptr = b.bitcast(b.gep(context.make_array(s_t)(context, b, s).data, [s_at]), word)
+        dst_ptr = b.bitcast(b.gep(context.make_array(d_t)(context, b, d).data, [d_at]), word)
+        mask = b.mul(b.zext(x, ir.IntType(32)), ir.Constant(ir.IntType(32), 0x01010101))
+        b.store(b.xor(b.load(src_ptr, align=1), mask), dst_ptr, align=1)
+        return context.get_dummy_value()
+    return types.void(src, types.intp, dst, types.intp, types.uint8), codegen
+
+
 @kernel()
 def _copy_row(s, block, offset, nbytes, chunk, n_blocks, xor, flat, out0, step):
     """One row's field of every block -> flat: block g's chunk c at out0 + (g * nbytes + c) * step.
-    Chunks of four (the codes: nearly all the bytes) go as one word each: the four byte loads and
-    stores below are merged by LLVM, which a loop over a run-time chunk length is not."""
+    Chunks of four (the codes: nearly all the bytes) go as one word each."""
     if chunk == 4:
         for g in range(n_blocks):
             at = g * block + offset
             for c in range(0, nbytes, 4):
-                out, a = out0 + (g * nbytes + c) * step, at + c
-                flat[out] = s[a] ^ xor
-                flat[out + 1] = s[a + 1] ^ xor
-                flat[out + 2] = s[a + 2] ^ xor
-                flat[out + 3] = s[a + 3] ^ xor
+                _copy_word(s, at + c, flat, out0 + (g * nbytes + c) * step, xor)
         return
     for g in range(n_blocks):
         at = g * block + offset
