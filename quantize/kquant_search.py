@@ -23,6 +23,7 @@ import math
 import numba as nb
 import numpy as np
 
+from .search import _error_asymmetric as _asym_error  # sum w (x - (s q + b))^2, q rounded into [0, qmax]
 from .search import _f16
 
 QK_K = 256
@@ -33,18 +34,6 @@ FAN_STEP = 0.1
 N_FAN_SYM = 9
 FAN_STEP_SYM = 0.1
 N_REFINE = 3
-
-
-@nb.njit(cache=True, inline="always")
-def _asym_error(x, w, s, b, qmax):
-    """sum w (x - (s q + b))^2 with q the rounding of (x - b) / s into [0, qmax]."""
-    inv = 1.0 / s if s > 0.0 else 0.0
-    err = 0.0
-    for j in range(x.shape[0]):
-        q = min(max(np.round((x[j] - b) * inv), 0.0), qmax)
-        diff = x[j] - s * q - b
-        err += w[j] * diff * diff
-    return err
 
 
 @nb.njit(cache=True, inline="always")

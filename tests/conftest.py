@@ -1,5 +1,11 @@
 """Shared pytest fixtures."""
+import os
+
 import pytest
+
+# tests/cuda_sim runs in a process of its own with the simulator on (tests/test_cuda_sim.py); its
+# conftest refuses to be imported without it, so the main run does not descend there
+collect_ignore = [] if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else ["cuda_sim"]
 
 
 @pytest.fixture(scope="session")

@@ -3,4 +3,3 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "tests" / "models"
-SHARED_MODELS = MODELS  # the old name, while work in progress still uses it

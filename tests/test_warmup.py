@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import qllama
-from paths import SHARED_MODELS
+from paths import MODELS
 from qllama.kernels import warmup
 from qllama.kernels.jit import is_cached, kernel
 from qllama.progress import Progress, show_count
@@ -46,7 +46,7 @@ LINE = re.compile(r"compiling kernels for this CPU \(first run only\)\.\.\. \d+ 
 def q4_stories(tmp_path_factory):
     from qllama.quantize.convert import convert
     out = tmp_path_factory.mktemp("q4") / "stories260K-q4.safetensors"
-    convert(SHARED_MODELS / "stories260K" / "stories260K.bin", out, format="q4")
+    convert(MODELS / "stories260K" / "stories260K.bin", out, format="q4")
     return out
 
 

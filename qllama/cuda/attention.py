@@ -10,6 +10,7 @@ import math
 
 from numba import cuda, float32
 
+from .block_reduce import block_max, block_sum
 from .launch import ROW_THREADS
 
 
@@ -34,29 +35,14 @@ def attention(q, keys, values, pos, n_rep, scores, out):
             scores[t, h, j] = s
             best = max(best, s)
         reduce[tx] = best
-        cuda.syncthreads()
-        stride = ROW_THREADS // 2
-        while stride > 0:
-            if tx < stride:
-                reduce[tx] = max(reduce[tx], reduce[tx + stride])
-            cuda.syncthreads()
-            stride //= 2
-        best = reduce[0]
-        cuda.syncthreads()
+        best = block_max(reduce, tx)
         total = float32(0)
         for j in range(tx, length, ROW_THREADS):
             e = math.exp(scores[t, h, j] - best)
             scores[t, h, j] = e
             total += e
         reduce[tx] = total
-        cuda.syncthreads()
-        stride = ROW_THREADS // 2
-        while stride > 0:
-            if tx < stride:
-                reduce[tx] += reduce[tx + stride]
-            cuda.syncthreads()
-            stride //= 2
-        inv = float32(1) / reduce[0]
+        inv = float32(1) / block_sum(reduce, tx)
         for d in range(tx, hd, ROW_THREADS):
             acc = float32(0)
             for j in range(length):

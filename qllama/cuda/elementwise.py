@@ -8,6 +8,7 @@ import math
 
 from numba import cuda, float32
 
+from .block_reduce import block_sum
 from .launch import ROW_THREADS
 
 
@@ -46,17 +47,9 @@ def rmsnorm(x, weight, eps, out):
         for k in range(tx, dim, ROW_THREADS):
             s += x[row, k] * x[row, k]
         partial[tx] = s
-        cuda.syncthreads()
-        stride = ROW_THREADS // 2
-        while stride > 0:
-            if tx < stride:
-                partial[tx] += partial[tx + stride]
-            cuda.syncthreads()
-            stride //= 2
-        inv = float32(1) / math.sqrt(partial[0] / float32(dim) + eps)
+        inv = float32(1) / math.sqrt(block_sum(partial, tx) / float32(dim) + eps)
         for k in range(tx, dim, ROW_THREADS):
             out[row, k] = x[row, k] * inv * weight[k]
-        cuda.syncthreads()
 
 
 @cuda.jit
