@@ -108,6 +108,13 @@ def test_reference_with_another_tokenizer_is_refused(model):
         perplexity(model, STORY.replace(" ", "  "), ctx=64, reference=other)
 
 
+def test_reference_with_another_vocabulary_is_refused(model):
+    # a random tiny HF model with 320 tokens (no tokenizer of its own) beside stories260K's 512
+    other = qllama.load(REPO / "tests" / "fixtures" / "hf" / "llama3_untied_f32")
+    with pytest.raises(QllamaError, match="do not share a vocabulary: 512 tokens vs 320"):
+        perplexity(model, STORY, ctx=64, reference=other)
+
+
 def test_cli_on_the_bench_text():
     # one BLAS thread: this model's matrices are tiny, and OpenBLAS threads on a busy 2-core machine
     # made this run 4-10x slower (3 s -> 14-30 s)
@@ -145,8 +152,8 @@ def test_cli_ctx_beyond_the_model_context(story_file):
 
 
 def test_cli_reference_with_another_vocabulary(story_file):
-    # a random tiny HF model with 320 tokens, given stories260K's tokenizer: the vocab sizes differ
+    # a random tiny HF model with 320 tokens, given stories260K's tokenizer: refused at load, naming both
     tok = MODELS / "stories260K" / "tok512.model"
     tiny = REPO / "tests" / "fixtures" / "hf" / "llama3_untied_f32"
     result = qllama_cli("perplexity", story_file, "-m", STORIES_BIN, "--ctx", 64, "--reference", tiny, "--tokenizer", tok)
-    assert_one_line_error(result, "vocabulary", "512", "320")
+    assert_one_line_error(result, "tok512.model", "512 tokens", "320 rows")
