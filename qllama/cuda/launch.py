@@ -11,6 +11,7 @@ GEMV_THREADS = 4 if SIMULATOR else 64     # threads sharing one row's dot produc
 GEMV_ROWS = 2 if SIMULATOR else 4         # rows per block
 MAX_BATCH = 8                             # tokens a GEMV takes in one pass over the weights; more: GEMM
 TILE = 4 if SIMULATOR else 16             # GEMM tile: TILE rows x TILE tokens per block
+TILE_STRIDE = TILE + 1                    # shared tiles' row length: +1 spreads a column over the banks
 THREADS = 8 if SIMULATOR else 256        # elementwise kernels
 ROW_THREADS = 4 if SIMULATOR else 128     # rmsnorm and attention: threads per row or head (power of two)
 MAX_GRID = 2 if SIMULATOR else 65535

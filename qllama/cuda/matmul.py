@@ -12,7 +12,7 @@ import numpy as np
 from numba import cuda, float32
 
 from .dequant import DEQUANT_RUN, RUN
-from .launch import GEMV_ROWS, GEMV_THREADS, MAX_BATCH, THREADS, TILE, grid
+from .launch import GEMV_ROWS, GEMV_THREADS, MAX_BATCH, THREADS, TILE, TILE_STRIDE, grid
 
 
 def gemv_template(dequant):
@@ -61,8 +61,8 @@ def gemm_template(dequant):
         slice of weights into shared memory once for TILE tokens."""
         n, n_in = x.shape
         rows = out.shape[1]
-        sw = cuda.shared.array((TILE, TILE + 1), float32)   # +1: no bank conflicts on the column reads
-        sx = cuda.shared.array((TILE, TILE + 1), float32)
+        sw = cuda.shared.array((TILE, TILE_STRIDE), float32)   # a Python constant: the GPU compiler needs one
+        sx = cuda.shared.array((TILE, TILE_STRIDE), float32)
         buf = cuda.local.array(1, float32)
         tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
         row_tiles = (rows + TILE - 1) // TILE
