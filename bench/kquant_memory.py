@@ -11,7 +11,6 @@ peak RSS (VmHWM) and the bound.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile

@@ -22,7 +22,7 @@ import numpy as np
 
 from . import layout, repack
 from .interleaved_ir import BIAS_8BIT, block_dot
-from .layout import ROWS as BLOCK, Prepared, whole_rows
+from .layout import ROWS as BLOCK, Prepared
 from .jit import by_rows, kernel
 from .vector_ir import AVX2, AVX512, half_to_float, tile_dot, unpack_variant, variant
 

@@ -4,7 +4,7 @@ Shared by the chat (Conversation), the Python API's chat() and the server.
 """
 from __future__ import annotations
 
-from .chat_template import render_chat, resolve_template
+from .chat_template import check_template, render_chat, resolve_template
 from .errors import QllamaError
 from .tokenizer import END_OF_TURN
 
@@ -18,6 +18,7 @@ class ChatFormat:
             raise QllamaError(f"{model.checkpoint.path}: the model has no chat template; name one with --template")
         self.tokenizer = tok = model.tokenizer
         self.template = resolve_template(source)
+        check_template(self.template)
         self.bos = tok.token_text(tok.bos_id) if tok.bos_id is not None else ""
         self.eos = tok.token_text(tok.eos_id) if tok.eos_id is not None else ""
         # an end-of-turn marker the template writes but the vocabulary lacks ends a reply as text

@@ -19,6 +19,7 @@ import json
 import re
 from collections.abc import Mapping
 from datetime import datetime
+from contextlib import contextmanager
 from functools import lru_cache
 
 import jinja2
@@ -302,6 +303,25 @@ def _describe(exc: Exception) -> str:
 # ('a' + 1, a missing key, json.dumps of an undefined value, runaway macro recursion).
 _RENDER_ERRORS = (jinja2.TemplateError, TypeError, ValueError, LookupError, ArithmeticError,
                   AttributeError, RecursionError)
+
+
+@contextmanager
+def naming_template(source):
+    """A template that fails to compile or render says which one: the --template file or the model's."""
+    try:
+        yield
+    except QllamaError as e:
+        if str(e).startswith("chat template:"):
+            raise QllamaError(f"{source}: {e}") from None
+        raise
+
+
+def check_template(text: str) -> None:
+    """Compile Jinja text now, so a syntax error is reported before a chat starts, not at its first turn."""
+    try:
+        _compile(text)
+    except jinja2.TemplateError as e:
+        raise QllamaError(_describe(e)) from None
 
 
 def render_chat(template: str, messages: list[dict], add_generation_prompt: bool = True,

@@ -8,12 +8,11 @@ import math
 import re
 import sys
 from collections import Counter
-from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
-from .chat_template import BUILTIN_TEMPLATES
+from .chat_template import BUILTIN_TEMPLATES, naming_template
 from .errors import QllamaError, Terminated
 from .generate import DEFAULT_MAX_TOKENS
 from .sampling import SamplingParams
@@ -93,17 +92,6 @@ def template_source(template: str | None) -> str | None:
         return Path(template).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise QllamaError(f"{template}: cannot read the chat template ({e})") from None
-
-
-@contextmanager
-def naming_template(source):
-    """A template that fails to compile or render says which one: the --template file or the model's."""
-    try:
-        yield
-    except QllamaError as e:
-        if str(e).startswith("chat template:"):
-            raise QllamaError(f"{source}: {e}") from None
-        raise
 
 
 def unescape(text: str) -> str:
@@ -189,9 +177,11 @@ def chat(model, ctx, device, tokenizer, threads, kv_dtype, max_tokens, verbose, 
     from .chat_repl import ChatRepl, with_history
     from .conversation import Conversation
     params = SamplingParams(**sampling)
-    template = template_source(template)
+    template_name, template = template, template_source(template)
     m = open_model(model, ctx, tokenizer, threads, kv_dtype, device)
-    repl = ChatRepl(Conversation(m, template, system), params, max_tokens, verbose)
+    with naming_template(template_name or m.checkpoint.path):
+        conversation = Conversation(m, template, system)
+    repl = ChatRepl(conversation, params, max_tokens, verbose)
     code = with_history(repl.run_terminal) if sys.stdin.isatty() else repl.run_piped(sys.stdin)
     sys.exit(code)
 

@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from .batching import Request, Scheduler
 from .chat_format import ChatFormat
+from .chat_template import naming_template
 from .errors import QllamaError
 from .openai_request import RequestError, chat_messages, completion_prompt, generation
 
@@ -54,7 +55,8 @@ class Server:
     def __init__(self, model, name: str, slots: int = 4, api_key: str | None = None):
         self.model, self.name, self.api_key = model, name, api_key
         self.scheduler = Scheduler(model, slots)
-        self.chat_format = ChatFormat(model) if model.chat_template is not None else None
+        with naming_template(model.checkpoint.path):
+            self.chat_format = ChatFormat(model) if model.chat_template is not None else None
         self.created = int(time.time())
 
     # -- endpoints -------------------------------------------------------------------------------

@@ -146,6 +146,14 @@ def test_unknown_template_name_is_a_one_line_error(smollm2_gguf):
     assert_one_line_error(result, "nonesuch")
 
 
+def test_a_template_with_a_syntax_error_is_refused_before_the_chat_starts(smollm2_gguf, tmp_path):
+    # no message is ever rendered (empty input): the template is compiled at start all the same
+    template = tmp_path / "broken.jinja"
+    template.write_text("{% for message in %}{{ message }}{% endfor %}")
+    result = qllama("chat", "-m", smollm2_gguf, "--template", template, input="")
+    assert_one_line_error(result, str(template), "syntax error on line 1")
+
+
 def test_run_applies_the_chat_template(smollm2_gguf):
     result = qllama("run", QUESTION, "-m", smollm2_gguf, "--temp", "0", "-n", "16")
     assert result.returncode == 0, result.stderr

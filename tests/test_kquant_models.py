@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import qllama
-from kquant_gguf import VOCAB, random_blocks, shapes, write_model
+from kquant_gguf import VOCAB, random_blocks, write_model
 from qllama.errors import QllamaError
 from qllama.kernels.vector_ir import PATHS
 from qllama.linear import QuantLinear

@@ -5,7 +5,6 @@ prints for the same prompt (a separate process on a separate code path: no batch
 import concurrent.futures
 import http.client
 import json
-import threading
 import time
 import urllib.error
 import urllib.request
