@@ -19,6 +19,7 @@ import numpy as np
 from ..checkpoint import Checkpoint, SourceTensor, check_tensors, interleaved_to_rotate_half
 from ..config import ModelArgs
 from ..errors import QllamaError
+from .byte_spans import overlapping_pair
 
 GLOBAL_NAMES = {
     "token_embd.weight": "model.embed_tokens.weight",
@@ -95,10 +96,9 @@ def check_tensor(name: str, type_id: int, dims: list[int], begin: int, file_size
 
 def check_no_overlap(spans: list[tuple[int, int, str]]) -> None:
     """(begin, end, name) byte ranges: tensors sharing bytes would alias one another."""
-    spans = sorted(s for s in spans if s[1] > s[0])
-    for (_, end, first), (begin, _, second) in zip(spans, spans[1:]):
-        if begin < end:
-            raise TensorProblem(f"tensors {first} and {second} overlap in the file")
+    pair = overlapping_pair(spans)
+    if pair:
+        raise TensorProblem(f"tensors {pair[0]} and {pair[1]} overlap in the file")
 
 
 def open_gguf_reader(path: Path):

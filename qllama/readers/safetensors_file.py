@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import QllamaError
+from .byte_spans import overlapping_pair
 
 # safetensors dtype name -> numpy dtype of the stored bytes (BF16 stays raw uint16 until widened)
 DTYPES = {
@@ -106,10 +107,9 @@ class SafetensorsFile:
 
     def _check_overlaps(self) -> None:
         """The format forbids tensors sharing bytes: a crafted file could alias one tensor into another."""
-        spans = sorted((begin, end, name) for name, (begin, end) in self.ranges.items() if end > begin)
-        for (_, end, first), (begin, _, second) in zip(spans, spans[1:]):
-            if begin < end:
-                raise QllamaError(f"{self.path}: tensors {first!r} and {second!r} overlap in the file")
+        pair = overlapping_pair((begin, end, name) for name, (begin, end) in self.ranges.items())
+        if pair:
+            raise QllamaError(f"{self.path}: tensors {pair[0]!r} and {pair[1]!r} overlap in the file")
 
     def _view(self, buffer, data_start, data_size, name, info):
         try:
