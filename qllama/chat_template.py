@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from datetime import datetime
 from contextlib import contextmanager
+from datetime import datetime
 from functools import lru_cache
 
 import jinja2
