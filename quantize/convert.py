@@ -25,10 +25,9 @@ import numpy as np
 from ..checkpoint import Checkpoint, open_checkpoint
 from ..errors import QllamaError
 from .formats import ALIASES, BY_GGML_TYPE, FORMATS, QuantFormat, get_format
-from .gguf_writer import ggml_name
 from .kquant_mix import MIXES, KQuantMix, ggml_types, qllama_format
 from .gguf_metadata import gguf_fields
-from .gguf_writer import GGUFOutput
+from .gguf_writer import GGUFOutput, ggml_name
 from .gptq import gptq_quantize
 from .tensor import QuantizedTensor, from_ggml_blocks, plane_shapes, quantize_matrix, relative_error
 from .writer import SafetensorsWriter, atomic_output

@@ -51,9 +51,9 @@ def random_blocks(type_name: str, rows: int, cols: int, rng) -> np.ndarray:
         return join_ggml_blocks(planes, 1, fmt.planes, fmt.ggml_fields).reshape(rows, -1)
     try:
         return gguf.quants.quantize(rng.standard_normal((rows, cols)).astype(np.float32) * 0.05, qtype)
-    except NotImplementedError:
+    except NotImplementedError:     # the gguf package cannot quantize this type (the IQ family):
         raw = rng.integers(0, 256, size=(n, size), dtype=np.uint8)
-        for offset in FP16_FIELDS[type_name]:
+        for offset in FP16_FIELDS[type_name]:      # random codes under small finite fp16 scales
             raw[:, offset:offset + 2] = (rng.random((n, 1)) * 2e-3).astype(np.float16).view(np.uint8)
         return raw.reshape(rows, -1)
 

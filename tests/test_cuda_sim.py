@@ -2,8 +2,11 @@
 process of their own: NUMBA_ENABLE_CUDASIM must be set before numba is imported), and the one
 line `--device cuda` prints where numba-cuda or a GPU driver is missing."""
 import os
+import re
 import subprocess
 import sys
+
+import pytest
 
 from paths import MODELS, REPO
 
@@ -39,3 +42,15 @@ def test_device_cuda_without_a_driver_is_one_line():
     assert r.returncode == 1 and r.stdout == ""
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: --device cuda: no usable NVIDIA GPU or driver ("), lines
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"device": "tpu"}, "device 'tpu' is not one of cpu, cuda"),
+    ({"device": "cuda", "reference": True}, "--reference runs on the CPU only"),
+    ({"device": "cuda", "kv_dtype": "f16"}, "--device cuda keeps a float32 KV cache: --kv-cache f16"),
+])
+def test_what_the_gpu_cannot_do_is_refused_before_it_loads(options, message):
+    import qllama
+    from qllama.errors import QllamaError
+    with pytest.raises(QllamaError, match=re.escape(message)):
+        qllama.load(STORIES, **options)

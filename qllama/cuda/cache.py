@@ -14,8 +14,7 @@ from ..errors import QllamaError
 
 class DeviceKVCache:
     def __init__(self, args: ModelArgs, ctx: int, dtype=np.float32):
-        if np.dtype(dtype) != np.float32:
-            raise QllamaError("--device cuda keeps a float32 KV cache (--kv-cache f32)")
+        # dtype: always float32 here (Model refuses --kv-cache f16 with --device cuda)
         self.ctx = ctx
         shape = (args.n_layers, ctx, args.n_kv_heads, args.head_dim)
         self.k = cuda.device_array(shape, np.float32)
