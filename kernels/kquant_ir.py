@@ -8,19 +8,23 @@ sub-block scales are decoded once, in vectors of eight lanes, for every token of
 
 Codes are put together from the table's geometry (lo_span, hi_bits): a four-weight chunk's low
 nibbles or high nibbles of `qweight`, or-ed with its high bits from `qh`. Activations are
-quantized per sub-block (fmt.act_group), so each sub-block's integer sum meets one activation scale:
-    sum_j  d*sc_j * dx_j * isum_j  -  dmin*m_j * xsum_j         (Q4_K, Q5_K)
-    sum_j  d*sc_j * (dx_j * isum_j - 32 xsum_j)                  (Q6_K: codes stored + 32)
-with isum_j the integer dot product of the sub-block's codes and int8 activations, dx_j the
-activation scale and xsum_j the sum of the (quantized) activations over the sub-block.
-Integer sums as interleaved_ir.py: vpdpbusd (avx512), vpmaddubsw pair sums in i16 (avx2) or
-widened multiplies (portable); i16 sums take as many vectors as cannot overflow for the format's
-largest code.
+quantized to int8 with one scale dx per super-block (fmt.act_group, as ggml's Q8_K), with the
+integer sums bs_j of their codes per sub-block j, so a super-block's sum stays integer until its end:
+    d*dx * sum_j sc_j isum_j  -  dmin*dx * sum_j m_j bs_j            (Q4_K, Q5_K)
+    d*dx * (sum_j sc_j isum_j  -  32 sum_j sc_j bs_j)                 (Q6_K: codes stored + 32)
+with isum_j the integer dot product of sub-block j's codes and the int8 activations. The float
+work is then a few vectors per super-block and token, not per sub-block (ggml's k-quant dots
+scale in integers the same way). The sums fit i32: |sc_j isum_j| <= 128 * 32 * 31 * 127 per
+sub-block. Integer products as interleaved_ir.py: vpdpbusd (avx512), vpmaddubsw pair sums in i16
+(avx2), whose vpmaddwd takes the sub-block scale at once, or widened multiplies (portable); i16
+sums take as many vectors as cannot overflow for the format's largest code. sum_j c_j bs_j takes
+sub-blocks in pairs: vpmaddwd of the rows' (c_j, c_j+1) against the broadcast (bs_j, bs_j+1).
 """
 from __future__ import annotations
 
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .interleaved_ir import ROWS, _dpbusd, _pairs_u8s8, _rows_i32
@@ -38,23 +42,44 @@ def vectors_per_i16_sum(fmt, path: int) -> int:
     return max(1, 32767 // (per_lane * ((1 << fmt.bits) - 1) * MAX_X))
 
 
+def _madd_i16(b, a, c, path):
+    """<16 x i16> a, c -> <8 x i32>, lane r = a[2r] c[2r] + a[2r+1] c[2r+1] (vpmaddwd)."""
+    if path == PORTABLE:
+        wide = _vec(I32, 16)
+        p = b.mul(b.sext(a, wide), b.sext(c, wide))
+        even = b.shuffle_vector(p, p, _const(I32, 8, list(range(0, 16, 2))))
+        odd = b.shuffle_vector(p, p, _const(I32, 8, list(range(1, 16, 2))))
+        return b.add(even, odd)
+    fn = cgutils.get_or_insert_function(
+        b.module, ir.FunctionType(_vec(I32, 8), [_vec(I16, 16), _vec(I16, 16)]), "llvm.x86.avx2.pmadd.wd")
+    return b.call(fn, [a, c])
+
+
+def _interleave_i16(b, lo, hi):
+    """<8 x i32> lo, hi (values that fit i16) -> <16 x i16> lo[0], hi[0], lo[1], hi[1], ..."""
+    v8 = _vec(I16, ROWS)
+    return b.shuffle_vector(b.trunc(lo, v8), b.trunc(hi, v8),
+                            _const(I32, 2 * ROWS, [k for r in range(ROWS) for k in (r, ROWS + r)]))
+
+
 def define_kquant_dot(module, name, n_tokens, fmt, path, exact_half):
     """void f(i8* qweight, i8* qh, i8* subscales, i16* d, i16* dmin, i8* xq, i64 xq_stride, f32* xd,
-              f32* xsum, i64 x_stride, i64 n_blocks, f32* out, i64 out_stride):
+              i64 xd_stride, i16* bsum, i64 bsum_stride, i64 n_blocks, f32* out, i64 out_stride):
     out[t * out_stride + r] = (row r of the 8-row block) . (token t of x), r < 8, t < n_tokens.
-    Planes at the block's first row, interleaved (see the module docstring); xd and xsum per
-    sub-block of each token."""
+    Planes at the block's first row, interleaved (see the module docstring); xd per super-block and
+    bsum per sub-block of each token."""
     i8p, i16p, f32p = I8.as_pointer(), I16.as_pointer(), F32.as_pointer()
-    fnty = ir.FunctionType(ir.VoidType(), [i8p, i8p, i8p, i16p, i16p, i8p, I64, f32p, f32p, I64, I64, f32p, I64])
+    fnty = ir.FunctionType(ir.VoidType(), [i8p, i8p, i8p, i16p, i16p, i8p, I64, f32p, I64, i16p, I64, I64, f32p, I64])
     fn = ir.Function(module, fnty, name)
     fn.linkage = "internal"
     fn.attributes.add("alwaysinline")
-    qw, qh, sub, dp, mp, xq, xq_stride, xd, xs, x_stride, n_blocks, out, out_stride = fn.args
+    qw, qh, sub, dp, mp, xq, xq_stride, xd, xd_stride, bs, bs_stride, n_blocks, out, out_stride = fn.args
     entry, loop, done = fn.append_basic_block("entry"), fn.append_basic_block("loop"), fn.append_basic_block("done")
     b = ir.IRBuilder(entry)
     f8, i32x8 = _vec(F32, ROWS), _vec(I32, ROWS)
     tok_q = [b.gep(xq, [b.mul(xq_stride, ir.Constant(I64, t))]) for t in range(n_tokens)]
-    tok_x = [b.mul(x_stride, ir.Constant(I64, t)) for t in range(n_tokens)]
+    tok_d = [b.gep(xd, [b.mul(xd_stride, ir.Constant(I64, t))]) for t in range(n_tokens)]
+    tok_s = [b.gep(bs, [b.mul(bs_stride, ir.Constant(I64, t))]) for t in range(n_tokens)]
     b.branch(loop)
 
     b = ir.IRBuilder(loop)
@@ -101,30 +126,43 @@ def define_kquant_dot(module, name, n_tokens, fmt, path, exact_half):
         v = b.load(p, align=1)
         return b.sext(v, i32x8) if signed else b.zext(v, i32x8)
 
-    def scale_and_min(j):
-        """Sub-block j's d * sc_j (and dmin * m_j) of the eight rows, <8 x float>."""
-        if not fmt.has_mins:            # int8 scales
-            return b.fmul(d, b.sitofp(sub_byte(j, signed=True), f8), flags=fast), None
+    def i32(v):
+        return _const(I32, ROWS, v)
 
-        def i32(v):
-            return _const(I32, ROWS, v)
-        if j < 4:                       # 6-bit scales: see quantize/kquants.py
-            sc, m = b.and_(sub_byte(j), i32(63)), b.and_(sub_byte(j + 4), i32(63))
-        else:
-            mixed = sub_byte(j + 4)
-            sc = b.or_(b.and_(mixed, i32(15)), b.shl(b.lshr(sub_byte(j - 4), i32(6)), i32(4)))
-            m = b.or_(b.lshr(mixed, i32(4)), b.shl(b.lshr(sub_byte(j), i32(6)), i32(4)))
-        return b.fmul(d, b.sitofp(sc, f8), flags=fast), b.fmul(dmin, b.sitofp(m, f8), flags=fast)
+    def scale(j):
+        """Sub-block j's integer scale sc_j of the eight rows, <8 x i32>."""
+        if not fmt.has_mins:            # int8 scales
+            return sub_byte(j, signed=True)
+        if j < 4:                       # 6-bit scales and mins: see quantize/kquants.py
+            return b.and_(sub_byte(j), i32(63))
+        return b.or_(b.and_(sub_byte(j + 4), i32(15)), b.shl(b.lshr(sub_byte(j - 4), i32(6)), i32(4)))
+
+    def minimum(j):
+        """Sub-block j's integer min m_j of the eight rows (Q4_K, Q5_K), <8 x i32>."""
+        if j < 4:
+            return b.and_(sub_byte(j + 4), i32(63))
+        return b.or_(b.lshr(sub_byte(j + 4), i32(4)), b.shl(b.lshr(sub_byte(j), i32(6)), i32(4)))
+
+    def sub_sums(t, pair, k):
+        """sum over sub-blocks 2k, 2k+1 of coef_j bs_j for token t, pair: the rows' coefs (vpmaddwd)."""
+        p = b.bitcast(b.gep(tok_s[t], [b.add(sub_first, ir.Constant(I64, 2 * k))]), I32.as_pointer())
+        both = b.bitcast(_splat(b, b.load(p, align=2), ROWS), _vec(I16, 2 * ROWS))
+        return _madd_i16(b, pair, both, path)
 
     per_sum = vectors_per_i16_sum(fmt, path)
     chunks = fmt.sub_block // 4
     x_block = b.mul(g, ir.Constant(I64, QK_K))
-    act_block = b.mul(g, ir.Constant(I64, fmt.n_sub))
-    new_accs = list(accs)
+    sub_first = b.mul(g, ir.Constant(I64, fmt.n_sub))
+    sums = [ir.Constant(i32x8, [0] * ROWS)] * n_tokens       # sum_j sc_j isum_j of each token
+    # Q6_K's offsets inside the sub-block loop when there are several tokens (prefill 1.15x), after
+    # it for one (decode: 1.4x; inside, its code vectors spill); the mins of Q4_K/Q5_K after it
+    late = fmt.has_mins or n_tokens == 1
+    previous = None
     for j in range(fmt.n_sub):
-        scale, minimum = scale_and_min(j)
+        sc = scale(j)
+        if path == AVX2:                # sc_j in both i16 lanes of each row, for vpmaddwd
+            sc16 = _interleave_i16(b, sc, sc)
         vecs = [codes(fmt.sub_block * j + 4 * c) for c in range(chunks)]
-        idx_j = b.add(act_block, ir.Constant(I64, j))
         for t in range(n_tokens):
             def broadcast(c):           # activation codes of weights 4c.. of sub-block j, for every row
                 pos = b.add(x_block, ir.Constant(I64, fmt.sub_block * j + 4 * c))
@@ -134,25 +172,35 @@ def define_kquant_dot(module, name, n_tokens, fmt, path, exact_half):
                 isum = ir.Constant(i32x8, [0] * ROWS)
                 for c in range(chunks):
                     isum = _dpbusd(b, isum, vecs[c], broadcast(c))
+                sums[t] = b.add(sums[t], b.mul(isum, sc))
+                continue
+            for start in range(0, chunks, per_sum):
+                s16 = None
+                for c in range(start, min(start + per_sum, chunks)):
+                    prod = _pairs_u8s8(b, vecs[c], broadcast(c), path)
+                    s16 = prod if s16 is None else b.add(s16, prod)
+                part = _madd_i16(b, s16, sc16, path) if path == AVX2 else b.mul(_rows_i32(b, s16, path), sc)
+                sums[t] = b.add(sums[t], part)
+        if not late and j % 2:          # Q6_K's offset, - 32 sc_j bs_j, two sub-blocks at a time
+            neg = i32(-fmt.offset)
+            pair = _interleave_i16(b, b.mul(previous, neg), b.mul(sc, neg))
+            sums = [b.add(sums[t], sub_sums(t, pair, j // 2)) for t in range(n_tokens)]
+        previous = sc
+    coef = minimum if fmt.has_mins else (lambda j: b.mul(scale(j), i32(-fmt.offset)))
+    pairs = [_interleave_i16(b, coef(j), coef(j + 1)) for j in range(0, fmt.n_sub, 2)] if late else []
+    new_accs = []
+    for t in range(n_tokens):
+        dx = _splat(b, b.load(b.gep(tok_d[t], [g])), ROWS)
+        term = b.fmul(d, b.sitofp(sums[t], f8), flags=fast)
+        if pairs:
+            mins = sub_sums(t, pairs[0], 0)
+            for k in range(1, len(pairs)):
+                mins = b.add(mins, sub_sums(t, pairs[k], k))
+            if fmt.has_mins:                # - dmin sum_j m_j bs_j
+                term = b.fsub(term, b.fmul(dmin, b.sitofp(mins, f8), flags=fast), flags=fast)
             else:
-                isum = None
-                for start in range(0, chunks, per_sum):
-                    s16 = None
-                    for c in range(start, min(start + per_sum, chunks)):
-                        prod = _pairs_u8s8(b, vecs[c], broadcast(c), path)
-                        s16 = prod if s16 is None else b.add(s16, prod)
-                    part = _rows_i32(b, s16, path)
-                    isum = part if isum is None else b.add(isum, part)
-            idx = b.add(tok_x[t], idx_j)
-            dx = _splat(b, b.load(b.gep(xd, [idx])), ROWS)
-            xsum = _splat(b, b.load(b.gep(xs, [idx])), ROWS)
-            scaled = b.fmul(b.sitofp(isum, f8), dx, flags=fast)
-            if fmt.has_mins:
-                term = b.fsub(b.fmul(scaled, scale, flags=fast), b.fmul(minimum, xsum, flags=fast), flags=fast)
-            else:
-                offset = b.fmul(xsum, _const(F32, ROWS, float(fmt.offset)), flags=fast)
-                term = b.fmul(b.fsub(scaled, offset, flags=fast), scale, flags=fast)
-            new_accs[t] = b.fadd(new_accs[t], term, flags=fast)
+                term = b.fmul(d, b.sitofp(b.add(sums[t], mins), f8), flags=fast)
+        new_accs.append(b.fadd(accs[t], b.fmul(term, dx, flags=fast), flags=fast))
     g_next = b.add(g, ir.Constant(I64, 1))
     b.cbranch(b.icmp_signed("<", g_next, n_blocks), loop, done)
     g.add_incoming(ir.Constant(I64, 0), entry)
@@ -170,29 +218,30 @@ def define_kquant_dot(module, name, n_tokens, fmt, path, exact_half):
 
 
 def kquant_dot(n_tokens: int):
-    """A Numba intrinsic  f(qweight, qh, subscales, scales, mins, block, xq, xd, xsum, token, out,
+    """A Numba intrinsic  f(qweight, qh, subscales, scales, mins, block, xq, xd, bsum, token, out,
     variant)  that writes out[token + t, 8 * block + r] = (row 8 * block + r of W) . (token + t of x),
     r < 8, t < n_tokens, for a k-quant's interleaved planes (kquant.prepare); the variant (a
     compile-time literal) picks format and path. qweight, qh, subscales uint8 (rows, n_blocks *
     bytes); scales, mins fp16 bits as uint16 (rows, n_blocks); qh or mins of shape (0, 0) where
-    the format has none; xq (tokens, in) int8; xd, xsum (tokens, in / sub_block) float32."""
+    the format has none; xq (tokens, in) int8; xd (tokens, in / 256) float32; bsum (tokens,
+    in / sub_block) int16 (kquant.quantize_input)."""
     features = host_features()
     best = best_path(features)
     exact_half = "sse2" not in features or "f16c" in features
 
     @intrinsic
-    def dot(typingctx, qweight, qh, subscales, scales, mins, block, xq, xd, xsum, token, out, variant_id):
+    def dot(typingctx, qweight, qh, subscales, scales, mins, block, xq, xd, bsum, token, out, variant_id):
         if not isinstance(variant_id, types.IntegerLiteral):
             return None
         fmt, path = unpack_variant(variant_id.literal_value)
         emitted = min(path, best if "avx512vl" in features else min(best, AVX2))
         name = f"qllama_kquant_dot_{n_tokens}_{fmt.name}_{PATHS[emitted]}_{int(exact_half)}"
-        sig = types.void(qweight, qh, subscales, scales, mins, block, xq, xd, xsum, token, out, variant_id)
+        sig = types.void(qweight, qh, subscales, scales, mins, block, xq, xd, bsum, token, out, variant_id)
 
         def codegen(context, b, signature, args):
             arrays = [context.make_array(t)(context, b, a) for t, a in zip(signature.args, args)
                       if isinstance(t, types.Array)]
-            qwa, qha, sca, da, ma, xqa, xda, xsa, outa = arrays
+            qwa, qha, sca, da, ma, xqa, xda, bsa, outa = arrays
             blk, tok = args[5], args[9]
             row = b.mul(blk, ir.Constant(I64, ROWS))
 
@@ -206,7 +255,7 @@ def kquant_dot(n_tokens: int):
                 at(qwa, I8, b.mul(row, stride(qwa))), at(qha, I8, b.mul(row, stride(qha))),
                 at(sca, I8, b.mul(row, stride(sca))), at(da, I16, b.mul(row, stride(da))),
                 at(ma, I16, b.mul(row, stride(ma))), at(xqa, I8, b.mul(tok, stride(xqa))), stride(xqa),
-                at(xda, F32, b.mul(tok, stride(xda))), at(xsa, F32, b.mul(tok, stride(xda))), stride(xda),
+                at(xda, F32, b.mul(tok, stride(xda))), stride(xda), at(bsa, I16, b.mul(tok, stride(bsa))), stride(bsa),
                 b.extract_value(da.shape, 1), at(outa, F32, b.add(b.mul(tok, stride(outa)), row)), stride(outa)])
             return context.get_dummy_value()
 

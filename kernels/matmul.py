@@ -38,23 +38,29 @@ TOKEN_CHUNK = 64                    # prefill's tokens per pass over the rows: t
 
 
 @kernel()  # no fastmath: amax / 127 must not become amax * (1 / 127), which rounds differently
+def quantize_group(v, q):
+    """v (n,) float32 -> q (n,) int8 codes rint(v / d); returns d = amax / 127 and the codes' sum."""
+    amax = np.float32(0.0)
+    for j in range(v.shape[0]):
+        amax = max(amax, abs(v[j]))
+    d = amax / np.float32(127.0)
+    inv = np.float32(1.0) / d if d > 0 else np.float32(0.0)
+    s = 0
+    for j in range(v.shape[0]):
+        c = np.int32(np.rint(v[j] * inv))
+        q[j] = np.int8(c)
+        s += c
+    return d, s
+
+
+@kernel()
 def _quantize_row(x, group, xq, xd, xsum):
     """x (n_groups * group,) float32 -> xq int8 codes, xd (n_groups,) scales (amax / 127), and
     xsum (n_groups,) the sums of the dequantized x per group (for the offsets and mins: with the sum
     of the same x the codes saw, the kernel computes W . x_quantized exactly, and the large offset
     term of 4-bit codes cancels instead of leaving 8 d times the activation's rounding error)."""
     for g in range(xd.shape[0]):
-        v = x[g * group:(g + 1) * group]
-        amax = np.float32(0.0)
-        for j in range(group):
-            amax = max(amax, abs(v[j]))
-        d = amax / np.float32(127.0)
-        inv = np.float32(1.0) / d if d > 0 else np.float32(0.0)
-        s = 0
-        for j in range(group):
-            q = np.int32(np.rint(v[j] * inv))
-            xq[g * group + j] = np.int8(q)
-            s += q
+        d, s = quantize_group(x[g * group:(g + 1) * group], xq[g * group:(g + 1) * group])
         xd[g] = d
         xsum[g] = d * np.float32(s)
 
@@ -74,6 +80,32 @@ def _quantize_parallel(x, group, xq, xd, xsum):
 # quantize_activations(x, group, xq, xd, xsum): each row of x (tokens, n_groups * group) into the
 # rows of xq, xd, xsum; a prompt's rows across threads
 quantize_activations = by_rows(_quantize_serial, _quantize_parallel)
+
+
+def quantize_input(x: np.ndarray, fmt) -> tuple:
+    """x (tokens, in_padded) float32 -> the activation arguments of the matmul: xq, xd, xsum."""
+    n, n_act = len(x), x.shape[1] // fmt.act_group
+    xq = np.empty(x.shape, np.int8)
+    xd, xsum = np.empty((n, n_act), np.float32), np.empty((n, n_act), np.float32)
+    quantize_activations(x, fmt.act_group, xq, xd, xsum)
+    return xq, xd, xsum
+
+
+def kernel_refs(variant: int) -> list:
+    """(function name, arguments) of the compiled kernels of a variant (kernels/warmup.py)."""
+    return [("matmul_kernel", (variant,))]
+
+
+def input_types(fmt, typeof) -> tuple:
+    """The Numba types of quantize_input's arrays (kernels/warmup.py)."""
+    f32_2 = typeof(np.empty((1, 1), np.float32))
+    return typeof(np.empty((1, 1), np.int8)), f32_2, f32_2
+
+
+def input_kernels(fmt, typeof) -> list:
+    """quantize_input's compiled kernels and their argument types (kernels/warmup.py)."""
+    sig = (typeof(np.empty((1, 1), np.float32)), typeof(fmt.act_group), *input_types(fmt, typeof))
+    return [((__name__, "_quantize_serial", None), sig), ((__name__, "_quantize_parallel", None), sig)]
 
 
 def interleaves(fmt, path: int) -> bool:

@@ -52,7 +52,7 @@ def kernel_plan(model) -> list[list[tuple[tuple, tuple]]]:
     """Groups of (kernel reference, argument types) that model's forward pass calls, as the wrappers
     call them (kernels/elementwise.py, attention via model.attend_kernel, QuantLinear); one group per
     set of cache files."""
-    f32_2, f32_3, i8_2 = _array(np.float32, 2), _array(np.float32, 3), _array(np.int8, 2)
+    f32_2, f32_3 = _array(np.float32, 2), _array(np.float32, 3)
     typeof = numba.typeof
     # attention first: the longest (decode and prefill about 4 s each of SmolLM2's 15 s on a 2-core
     # VM), so they start first and the short ones fill the other processes meanwhile
@@ -61,15 +61,19 @@ def kernel_plan(model) -> list[list[tuple[tuple, tuple]]]:
     groups = [[(("qllama.kernels.attention", name, None), attend)] for name in ("_decode", "_prefill")]
     quant = {id(w): w for w in model.weights.values() if isinstance(w, QuantLinear)}.values()
     if quant:
-        planes = {(w.fmt.kernel, w.variant, *map(typeof, w.planes)) for w in quant}
+        # each matrix's planes and its activation arguments (xq, xd, sums), as QuantLinear passes them
+        args = {(w.fmt.kernel, w.variant, *map(typeof, w.planes), *w.kernels.input_types(w.fmt, typeof)) for w in quant}
         matmuls = {}            # a format's kernel, one group for all its signatures (read-only planes too)
-        for module, v, *types in sorted(planes, key=str):
-            ref = (f"qllama.kernels.{module}", "matmul_kernel", (v,))
-            matmuls.setdefault(v, []).append((ref, (*types, i8_2, f32_2, f32_2, f32_2)))
+        for module, v, *types in sorted(args, key=str):
+            module = f"qllama.kernels.{module}"
+            for name, kernel_args in importlib.import_module(module).kernel_refs(v):
+                matmuls.setdefault(v, []).append(((module, name, kernel_args), (*types, f32_2)))
         groups += matmuls.values()
-        mm = "qllama.kernels.matmul"
-        xq = (f32_2, typeof(next(iter(quant)).act_group), i8_2, f32_2, f32_2)   # one signature for every group size
-        groups.append([((mm, "_quantize_serial", None), xq), ((mm, "_quantize_parallel", None), xq)])
+        quantizers = {}         # the activations' quantizers, one group for each kernels module
+        for w in quant:
+            for ref, sig in w.kernels.input_kernels(w.fmt, typeof):
+                quantizers.setdefault(w.fmt.kernel, {})[ref, sig] = None
+        groups += [list(q) for q in quantizers.values()]
         embed = model.weights["model.embed_tokens.weight"]
         if isinstance(embed, QuantLinear):      # rows looked up by dequantizing them
             rows = embed.kernels.row_kernels(embed, typeof)

@@ -1,7 +1,7 @@
 """The matrices of a model, behind one interface: `lin(x)` multiplies, `lin.rows(ids)` looks rows up.
 
 DenseLinear holds float32 (the reference); QuantLinear holds a format's planes and runs the Numba
-kernels on them: the activation quantized to int8 per group (the format's act_group), then integer
+kernels on them: the activation quantized to int8 per group (the kernels module's quantize_input), then integer
 tiles of rows times tokens (a GEMV for one token, a GEMM for a prompt). Which kernels is the
 format's table entry's `kernel`, a module of qllama.kernels (matmul.py: the group-wise formats;
 kquant.py: the k-quants) that lays the planes out for its kernel once (`prepare`; mostly 8-row
@@ -16,7 +16,6 @@ import os
 import numpy as np
 
 from .kernels import layout, repack
-from .kernels.matmul import quantize_activations
 from .kernels.vector_ir import PORTABLE, best_path
 from .quantize.tensor import QuantizedTensor
 
@@ -58,7 +57,6 @@ class QuantLinear:
         # the fp16 scales (and mins) are the only floats in the planes: all finite? (Model refuses if not)
         self.finite = prepared.finite
         self.in_padded = parts[0].n_blocks * self.fmt.group_size
-        self.act_group = self.fmt.act_group
         self.nbytes = sum(p.nbytes for p in parts)
         self.splits = np.cumsum([p.shape[0] for p in parts])[:-1]   # the output's columns where parts begin
 
@@ -70,12 +68,8 @@ class QuantLinear:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:          # (n, in) -> (n, out)
         xp = self._padded(x)
-        n, n_act = len(xp), self.in_padded // self.act_group
-        xq = np.empty((n, self.in_padded), np.int8)
-        xd, xsum = np.empty((n, n_act), np.float32), np.empty((n, n_act), np.float32)
-        quantize_activations(xp, self.act_group, xq, xd, xsum)
-        out = np.empty((n, self.out_rows), np.float32)
-        self.matmul(*self.planes, xq, xd, xsum, out)
+        out = np.empty((len(xp), self.out_rows), np.float32)
+        self.matmul(*self.planes, *self.kernels.quantize_input(xp, self.fmt), out)
         return out if self.out_rows == self.shape[0] else np.ascontiguousarray(out[:, :self.shape[0]])
 
     def rows(self, ids) -> np.ndarray:

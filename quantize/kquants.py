@@ -71,9 +71,9 @@ class KQuantFormat:
 
     @property
     def act_group(self) -> int:
-        """Activations are quantized to int8 per sub-block, so each sub-block's integer sum takes
-        one activation scale (kernels/kquant_ir.py)."""
-        return self.sub_block
+        """Activations are quantized to int8 with one scale per super-block (ggml's Q8_K), so a
+        super-block's sum stays integer through its sub-block scales (kernels/kquant_ir.py)."""
+        return QK_K
 
     @property
     def symmetric(self) -> bool:

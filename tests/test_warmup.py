@@ -86,29 +86,32 @@ def test_prepared_kernels_give_the_reference_logits(cold_then_warm, q4_stories):
     assert cold["tokens"] == list(ref.generate("Once upon a time", max_tokens=8, temperature=0))
 
 
-def test_the_plan_has_the_types_the_wrappers_pass():
-    """Planes in row order (8-bit on the avx2 path), which this test's CPU may not pick itself, from a
-    read-only source (a memory-mapped file): the plan must name the types the wrappers pass."""
+@pytest.mark.parametrize("fmt_name", ["q8_g32", "q6_k"])
+def test_the_plan_has_the_types_the_wrappers_pass(fmt_name):
+    """Planes in row order (8-bit on the avx2 path), which this test's CPU may not pick itself, or a
+    k-quant (a decode and a prefill kernel, their own activation quantizer), from a read-only source
+    (a memory-mapped file): the plan must name the types the wrappers pass."""
     from types import SimpleNamespace
     from qllama.linear import QuantLinear
     from qllama.kernels.vector_ir import AVX2
     from qllama.quantize.formats import FORMATS
     from qllama.quantize.tensor import quantize_matrix
-    q = quantize_matrix(np.random.default_rng(0).standard_normal((40, 96)).astype(np.float32), FORMATS["q8_g32"])
-    for plane in (q.qweight, q.scales):
+    fmt = FORMATS[fmt_name]
+    q = quantize_matrix(np.random.default_rng(0).standard_normal((40, 256)).astype(np.float32), fmt)
+    for plane in q.planes.values():
         plane.flags.writeable = False
     lin = QuantLinear(q, path=AVX2)
-    assert not lin.interleaved
-    model = SimpleNamespace(weights={"model.embed_tokens.weight": lin, "model.norm.weight": np.ones(96, np.float32)},
+    assert lin.interleaved == (fmt.kind == "k-quant")
+    model = SimpleNamespace(weights={"model.embed_tokens.weight": lin, "model.norm.weight": np.ones(256, np.float32)},
                             kv_dtype=np.float16, cos=np.ones((4, 8), np.float32), sin=np.ones((4, 8), np.float32))
-    groups = [g for g in warmup.kernel_plan(model) if g[0][0][0] == "qllama.kernels.matmul"]
+    groups = [g for g in warmup.kernel_plan(model) if g[0][0][0] == f"qllama.kernels.{fmt.kernel}"]
     for group in groups:
         warmup._compile(group)
     kernels = {warmup.resolve(ref) for group in groups for ref, _ in group}
-    assert lin.matmul in kernels
+    assert {lin.matmul.decode, lin.matmul.prefill} <= kernels if fmt.kind == "k-quant" else lin.matmul in kernels
     prepared = {k: len(k.overloads) for k in kernels}
-    lin(np.ones((1, 96), np.float32))   # a call with types not prepared would add an overload
-    lin(np.ones((9, 96), np.float32))   # (compiled, or loaded from the disk cache)
+    lin(np.ones((1, 256), np.float32))   # a call with types not prepared would add an overload
+    lin(np.ones((9, 256), np.float32))   # (compiled, or loaded from the disk cache)
     lin.rows([0, 39])
     assert {k: len(k.overloads) for k in kernels} == prepared
 
