@@ -1,10 +1,12 @@
-"""Matmuls of the k-quant formats (Q4_K, Q5_K, Q6_K): decode GEMV and prefill GEMM on their planes.
+"""Matmuls of the k-quant formats (Q2_K .. Q6_K): decode GEMV and prefill GEMM on their planes.
 
 The planes are interleaved by eight rows at load (kquant_ir.py), the rows padded to whole blocks of
 eight with zero rows (real models' row counts are multiples of eight; a padded row costs one
 block's bytes once and its outputs are cut off). The kernel runs over tiles of eight rows by eight,
 four or one tokens, threads splitting the blocks of rows, as matmul.py's interleaved kernel does;
-it reads exactly the bytes the file stores (4.5 bits per weight for Q4_K).
+it reads exactly the bytes the file stores (4.5 bits per weight for Q4_K). The activations are
+quantized here too: int8 with one scale per super-block and the codes' sums per sub-block, which
+the kernel's integer scaling needs (kquant_ir.py).
 """
 from __future__ import annotations
 

@@ -6,12 +6,13 @@ row in turn, the sub-block scale bytes one byte of each row in turn, d and dmin 
 So one 32-byte load holds four codes of each of eight rows, and per super-block the eight rows'
 sub-block scales are decoded once, in vectors of eight lanes, for every token of the tile.
 
-Codes are put together from the table's geometry (lo_span, hi_bits): a four-weight chunk's low
-nibbles or high nibbles of `qweight`, or-ed with its high bits from `qh`. Activations are
-quantized to int8 with one scale dx per super-block (fmt.act_group, as ggml's Q8_K), with the
-integer sums bs_j of their codes per sub-block j, so a super-block's sum stays integer until its end:
-    d*dx * sum_j sc_j isum_j  -  dmin*dx * sum_j m_j bs_j            (Q4_K, Q5_K)
-    d*dx * (sum_j sc_j isum_j  -  32 sum_j sc_j bs_j)                 (Q6_K: codes stored + 32)
+Codes are put together from the table's geometry (lo_bits, lo_span, hi_bits): a four-weight
+chunk's low nibbles, high nibbles or 2-bit fields of `qweight`, or-ed with its high bits from `qh`.
+Activations are quantized to int8 with one scale dx per super-block (fmt.act_group, as ggml's Q8_K),
+with the integer sums bs_j of their codes per sub-block j, so a super-block's sum stays integer
+until its end:
+    d*dx * sum_j sc_j isum_j  -  dmin*dx * sum_j m_j bs_j            (Q2_K, Q4_K, Q5_K)
+    d*dx * (sum_j sc_j isum_j  -  o sum_j sc_j bs_j)                  (Q3_K, Q6_K: codes stored + o)
 with isum_j the integer dot product of sub-block j's codes and the int8 activations. The float
 work is then a few vectors per super-block and token, not per sub-block (ggml's k-quant dots
 scale in integers the same way). The sums fit i32: |sc_j isum_j| <= 128 * 32 * 31 * 127 per
@@ -105,20 +106,27 @@ def define_kquant_dot(module, name, n_tokens, fmt, path, exact_half):
             loaded[key, index] = _load_vec(b, base, ir.Constant(I64, 32 * index), 32)
         return loaded[key, index]
 
+    def field(base, key, bits, e):
+        """Bits of weights e..e+3 of the super-block in a plane of bit fields (quantize/kquants.py's
+        `qh` layout), eight rows: <32 x i8> in [0, 2**bits)."""
+        fields = 8 // bits
+        span, p = divmod(e, 32 * fields)
+        v = chunk(base, key, (span * 32 + p % 32) // 4)
+        k = p // 32
+        v = b.lshr(v, _const(I8, 32, bits * k)) if k else v
+        return b.and_(v, _const(I8, 32, (1 << bits) - 1))
+
     def codes(e):
         """Codes of weights e..e+3 of the super-block, eight rows: <32 x i8> in [0, 2**bits)."""
-        half = fmt.lo_span // 2
-        span, p = divmod(e, fmt.lo_span)
-        v = chunk(qw_g, "lo", (span * half + p % half) // 4)
-        q = b.lshr(v, _const(I8, 32, 4)) if p >= half else b.and_(v, _const(I8, 32, 15))
+        if fmt.lo_bits == 2:
+            q = field(qw_g, "lo", 2, e)
+        else:
+            half = fmt.lo_span // 2
+            span, p = divmod(e, fmt.lo_span)
+            v = chunk(qw_g, "lo", (span * half + p % half) // 4)
+            q = b.lshr(v, _const(I8, 32, 4)) if p >= half else b.and_(v, _const(I8, 32, 15))
         if fmt.hi_bits:
-            fields = 8 // fmt.hi_bits
-            span, p = divmod(e, 32 * fields)
-            h = chunk(qh_g, "hi", (span * 32 + p % 32) // 4)
-            k = p // 32
-            h = b.lshr(h, _const(I8, 32, fmt.hi_bits * k)) if k else h
-            h = b.and_(h, _const(I8, 32, (1 << fmt.hi_bits) - 1))
-            q = b.or_(q, b.shl(h, _const(I8, 32, 4)))
+            q = b.or_(q, b.shl(field(qh_g, "hi", fmt.hi_bits, e), _const(I8, 32, fmt.lo_bits)))
         return q
 
     def sub_byte(k, signed=False):      # byte k of the sub-block scales of the eight rows -> <8 x i32>
@@ -130,15 +138,23 @@ def define_kquant_dot(module, name, n_tokens, fmt, path, exact_half):
         return _const(I32, ROWS, v)
 
     def scale(j):
-        """Sub-block j's integer scale sc_j of the eight rows, <8 x i32>."""
-        if not fmt.has_mins:            # int8 scales
+        """Sub-block j's integer scale sc_j of the eight rows, <8 x i32> (quantize/kquants.py's packings)."""
+        if fmt.packing == "i8":
             return sub_byte(j, signed=True)
-        if j < 4:                       # 6-bit scales and mins: see quantize/kquants.py
+        if fmt.packing == "k4":
+            return b.and_(sub_byte(j), i32(15))
+        if fmt.packing == "k3":
+            low = b.and_(b.lshr(sub_byte(j % 8), i32(4 * (j // 8))), i32(15))
+            high = b.and_(b.lshr(sub_byte(8 + j % 4), i32(2 * (j // 4))), i32(3))
+            return b.sub(b.or_(low, b.shl(high, i32(4))), i32(32))
+        if j < 4:                       # "k6"
             return b.and_(sub_byte(j), i32(63))
         return b.or_(b.and_(sub_byte(j + 4), i32(15)), b.shl(b.lshr(sub_byte(j - 4), i32(6)), i32(4)))
 
     def minimum(j):
-        """Sub-block j's integer min m_j of the eight rows (Q4_K, Q5_K), <8 x i32>."""
+        """Sub-block j's integer min m_j of the eight rows (Q2_K, Q4_K, Q5_K), <8 x i32>."""
+        if fmt.packing == "k4":
+            return b.lshr(sub_byte(j), i32(4))
         if j < 4:
             return b.and_(sub_byte(j + 4), i32(63))
         return b.or_(b.lshr(sub_byte(j + 4), i32(4)), b.shl(b.lshr(sub_byte(j), i32(6)), i32(4)))

@@ -179,7 +179,7 @@ def check_ggml_formats(fmt, embed_fmt) -> None:
         if f.ggml_type is None:
             same_family = next(a for a, n in ALIASES.items() if FORMATS[n].family == f.family)
             raise QllamaError(f"{option} {f.name} has no llama.cpp (ggml) type: a .gguf output takes q8_0, q4_0, "
-                              f"q4_1, q4_k, q5_k, q6_k or a k-quant mix (q4_k_m, q5_k_m); use {same_family} for "
+                              f"q4_1, q2_k .. q6_k or a k-quant mix (q4_k_m, q5_k_m); use {same_family} for "
                               f".gguf, or a .safetensors output for {f.name}")
 
 

@@ -1,7 +1,7 @@
 """The one table of quant formats (ggml's type_traits, in Python).
 
 Two kinds of entries: the group-wise formats below (q8, q4, q4a at groups 32, 64, 128), and ggml's
-k-quants Q4_K, Q5_K, Q6_K (quantize/kquants.py: super-blocks of 256 with sub-block scales). Each
+k-quants Q2_K .. Q6_K (quantize/kquants.py: super-blocks of 256 with sub-block scales). Each
 entry lists its planes (quantize/planes.py), the order of its fields in ggml's block, its numpy
 references, the kernels module that multiplies it and its tolerance.
 

@@ -6,7 +6,7 @@ qllama's layout to llama.cpp's:
 - names: Hugging Face -> llama.cpp, the GGUF reader's table inverted;
 - q/k rows: rotate-half -> GGUF's interleaved-pair RoPE layout, the reader's permutation inverted;
 - planes -> ggml blocks: at group 32, q8/q4/q4a are Q8_0/Q4_0/Q4_1 byte for byte (formats.py), and
-  q4_k/q5_k/q6_k are Q4_K/Q5_K/Q6_K (kquants.py): each format's planes join back field by field;
+  q2_k .. q6_k are Q2_K .. Q6_K (kquants.py): each format's planes join back field by field;
 - a matrix whose rows are not whole blocks of 32 (stories260K's 172-wide down_proj) has no ggml
   quant type: its quantized values are stored as F32, exactly (llama.cpp's own quantize uses F16);
 - llama3 RoPE scaling: the rope_freqs.weight tensor of per-pair divisors, as convert_hf_to_gguf.py.

@@ -1,4 +1,4 @@
-"""Error-minimising search for the k-quants (Q4_K, Q5_K, Q6_K), in Numba, one super-block at a time.
+"""Error-minimising search for the k-quants (Q2_K .. Q6_K), in Numba, one super-block at a time.
 
 The idea of ggml's ggml-quants.c (make_qkx2_quants / make_qkx3_quants for the Q4_K/Q5_K scale and
 min of each sub-block, make_qx_quants for Q6_K, then the sub-block scales quantized to 6 or 8 bits
@@ -7,7 +7,7 @@ against the super-block's fp16 d and dmin); the code is ours:
 1. each sub-block: a fan of candidate scales around min/max (or absmax) rounding; for each, round
    the codes and solve the weighted least squares for the scale (and min) of those codes; keep the
    candidate with the smallest weighted squared error;
-2. the super-block: d = largest sub-block scale / 63 (Q6_K: / -128, signed), in fp16; each
+2. the super-block: d = largest sub-block scale / 63 (Q2_K: 15; Q3_K, Q6_K signed: / -32, / -128), in fp16; each
    sub-block scale rounds to its 6-bit (8-bit) integer against d; the same for the mins and dmin;
 3. refine each sub-block with the stored d and dmin: re-round the codes, refit the scale (and min)
    by least squares for them, try the integer sub-scales (and mins) on either side of the fit,
@@ -83,9 +83,9 @@ def _asym_subblock(x, w, qmax):
 
 
 @nb.njit(cache=True, parallel=True)
-def search_asymmetric_kquant(x, w, sub, qmax):
+def search_asymmetric_kquant(x, w, sub, qmax, smax):
     """x, w (n, 256) float32 -> codes (n, 256) int32 in [0, qmax], d, dmin (n,) fp16-exact float32,
-    sc, m (n, 256 / sub) int32 in [0, 63]. value = d sc q - dmin m (ggml's Q4_K / Q5_K)."""
+    sc, m (n, 256 / sub) int32 in [0, smax]. value = d sc q - dmin m (ggml's Q2_K, Q4_K, Q5_K)."""
     n = x.shape[0]
     n_sub = QK_K // sub
     codes = np.zeros((n, QK_K), np.int32)
@@ -99,13 +99,13 @@ def search_asymmetric_kquant(x, w, sub, qmax):
         for j in range(n_sub):
             s, b = _asym_subblock(x[i, j * sub:(j + 1) * sub], w[i, j * sub:(j + 1) * sub], qmax)
             scales[j], mins[j] = s, -b
-        d = _f16(scales.max() / 63.0)
-        dmin = _f16(mins.max() / 63.0)
+        d = _f16(scales.max() / smax)
+        dmin = _f16(mins.max() / smax)
         d_out[i], dmin_out[i] = d, dmin
         for j in range(n_sub):
             xs, ws = x[i, j * sub:(j + 1) * sub], w[i, j * sub:(j + 1) * sub]
-            sc = min(max(int(np.round(scales[j] / d)), 0), 63) if d > 0.0 else 0
-            m = min(max(int(np.round(mins[j] / dmin)), 0), 63) if dmin > 0.0 else 0
+            sc = min(max(int(np.round(scales[j] / d)), 0), smax) if d > 0.0 else 0
+            m = min(max(int(np.round(mins[j] / dmin)), 0), smax) if dmin > 0.0 else 0
             best = _asym_error(xs, ws, d * sc, -dmin * m, qmax)
             for _ in range(N_REFINE):  # step 3: refit for the stored codes, try the integers around the fit
                 s, b = _asym_fit(xs, ws, -dmin * m, 1.0 / (d * sc) if sc > 0 else 0.0, qmax)
@@ -114,7 +114,7 @@ def search_asymmetric_kquant(x, w, sub, qmax):
                 improved = False
                 for tsc in range(base_sc, base_sc + 2):
                     for tm in range(base_m, base_m + 2):
-                        csc, cm = min(max(tsc, 0), 63), min(max(tm, 0), 63)
+                        csc, cm = min(max(tsc, 0), smax), min(max(tm, 0), smax)
                         err = _asym_error(xs, ws, d * csc, -dmin * cm, qmax)
                         if err < best:
                             best, sc, m, improved = err, csc, cm, True
@@ -175,9 +175,10 @@ def _sym_subblock(x, w, qmin, qmax):
 
 
 @nb.njit(cache=True, parallel=True)
-def search_symmetric_kquant(x, w, sub, qmin, qmax):
+def search_symmetric_kquant(x, w, sub, qmin, qmax, smin, smax):
     """x, w (n, 256) float32 -> levels (n, 256) int32 in [qmin, qmax], d (n,) fp16-exact float32,
-    sc (n, 256 / sub) int32 in [-128, 127]. value = d sc level (ggml's Q6_K, level = code - 32)."""
+    sc (n, 256 / sub) int32 in [smin, smax]. value = d sc level (ggml's Q3_K, level = code - 4;
+    Q6_K, level = code - 32)."""
     n = x.shape[0]
     n_sub = QK_K // sub
     levels = np.zeros((n, QK_K), np.int32)
@@ -190,18 +191,18 @@ def search_symmetric_kquant(x, w, sub, qmin, qmax):
             scales[j] = _sym_subblock(x[i, j * sub:(j + 1) * sub], w[i, j * sub:(j + 1) * sub], qmin, qmax)
             if abs(scales[j]) > abs(big):
                 big = scales[j]
-        d = _f16(-big / 128.0)    # the largest sub-block scale maps to -128 (int8's full range)
+        d = _f16(big / smin)      # the largest sub-block scale maps to smin (Q6_K: -128, int8's full range)
         d_out[i] = d
         for j in range(n_sub):
             xs, ws = x[i, j * sub:(j + 1) * sub], w[i, j * sub:(j + 1) * sub]
-            sc = min(max(int(np.round(scales[j] / d)), -128), 127) if d != 0.0 else 0
+            sc = min(max(int(np.round(scales[j] / d)), smin), smax) if d != 0.0 else 0
             best = _sym_error(xs, ws, d * sc, qmin, qmax)
             for _ in range(N_REFINE):
                 s = _sym_fit(xs, ws, 1.0 / (d * sc) if sc != 0 else 0.0, qmin, qmax)
                 base = int(math.floor(s / d)) if d != 0.0 else 0
                 improved = False
                 for t in range(base, base + 2):
-                    c = min(max(t, -128), 127)
+                    c = min(max(t, smin), smax)
                     err = _sym_error(xs, ws, d * c, qmin, qmax)
                     if err < best:
                         best, sc, improved = err, c, True
@@ -217,17 +218,18 @@ def search_symmetric_kquant(x, w, sub, qmin, qmax):
 
 def search_kquant(fmt, x: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
     """(n, 256) super-blocks and per-weight importance -> the planes of k-quant `fmt`, searched."""
-    from .kquants import pack_6bit
     x = np.ascontiguousarray(x, dtype=np.float32)
     w = np.ascontiguousarray(weights, dtype=np.float32)
     qmax = (1 << fmt.bits) - 1
+    smin, smax = fmt.sub_range
     if fmt.has_mins:
-        codes, d, dmin, sc, m = search_asymmetric_kquant(x, w, fmt.sub_block, float(qmax))
+        codes, d, dmin, sc, m = search_asymmetric_kquant(x, w, fmt.sub_block, float(qmax), smax)
         planes = {"scales": d.astype(np.float16)[:, None], "mins": dmin.astype(np.float16)[:, None],
-                  "subscales": pack_6bit(sc, m)}
+                  "subscales": fmt.pack_subscales(sc, m)}
     else:
-        levels, d, sc = search_symmetric_kquant(x, w, fmt.sub_block, float(-fmt.offset), float(qmax - fmt.offset))
+        levels, d, sc = search_symmetric_kquant(x, w, fmt.sub_block, float(-fmt.offset), float(qmax - fmt.offset),
+                                                smin, smax)
         codes = levels + fmt.offset
-        planes = {"scales": d.astype(np.float16)[:, None], "subscales": sc.astype(np.int8).view(np.uint8)}
+        planes = {"scales": d.astype(np.float16)[:, None], "subscales": fmt.pack_subscales(sc, None)}
     planes.update(fmt.pack_codes(codes))
     return planes

@@ -2,7 +2,7 @@
 
 The package cannot quantize to k-quants, but random codes and random sub-block scales are valid
 k-quant data: blocks are random bytes with finite fp16 super-block scales. Types the package can
-quantize (Q4_0, Q5_0, ...) are quantized from Gaussian weights; the rest (IQ4_XS, Q2_K, Q3_K, ...)
+quantize (Q4_0, Q5_0, ...) are quantized from Gaussian weights; the rest (IQ4_XS, IQ2_XXS, ...)
 are random bytes with their fp16 fields set. No tokenizer: the tests pass token ids.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ DIM, HIDDEN, LAYERS, HEADS, KV_HEADS, VOCAB = 256, 512, 2, 4, 2, 300
 Q4_K_M = {"attn_q": "Q4_K", "attn_k": "Q4_K", "attn_v": "Q6_K", "attn_output": "Q4_K", "ffn_gate": "Q4_K",
           "ffn_up": "Q4_K", "ffn_down": "Q6_K", "token_embd": "Q4_K", "output": "Q6_K"}
 # byte offsets of the fp16 fields of types written as random bytes (ggml-common.h's blocks)
-FP16_FIELDS = {"IQ4_XS": (0,), "Q2_K": (80, 82), "Q3_K": (108,), "IQ4_NL": (0,), "IQ2_XXS": (0,)}
+FP16_FIELDS = {"IQ4_XS": (0,), "IQ4_NL": (0,), "IQ2_XXS": (0,), "IQ3_XXS": (0,)}
 
 
 def shapes(dim=DIM, hidden=HIDDEN, layers=LAYERS, vocab=VOCAB) -> dict[str, tuple[int, int]]:

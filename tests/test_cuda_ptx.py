@@ -14,7 +14,7 @@ from numba import cuda
 from numba.core import types
 
 from qllama.cuda import attention, elementwise, matmul
-from qllama.cuda.dequant import DEQUANT_RUN
+from qllama.cuda.dequant import DEQUANT_RUN, format_numbers
 
 CC = (7, 5)     # Turing, the oldest architecture CUDA 13 still builds for
 
@@ -27,7 +27,7 @@ F32_1, F32_2, F32_3 = array(types.float32, 1), array(types.float32, 2), array(ty
 I64_1 = array(types.int64, 1)
 # as CudaLinear.planes: codes, qh, scales, mins, subscales, dense, the fp16 table, format numbers
 PLANES = (array(types.uint8, 2), array(types.uint8, 2), array(types.uint16, 2), array(types.uint16, 2),
-          array(types.uint8, 2), F32_2, F32_1, types.UniTuple(types.int64, 6))
+          array(types.uint8, 2), F32_2, F32_1, types.UniTuple(types.int64, len(format_numbers(None))))
 
 KERNELS = {
     "add": (elementwise.add, (F32_1, F32_1, F32_1)),

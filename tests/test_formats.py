@@ -113,6 +113,13 @@ def test_kquant_codes_pack_and_unpack(fmt):
     packed = fmt.pack_codes(codes)
     assert {k: v.shape[1] for k, v in packed.items()} == {p.name: p.per_block for p in fmt.planes if p.name in packed}
     assert np.array_equal(fmt.codes(packed["qweight"], packed.get("qh")), codes)
+    lo, hi = fmt.sub_range                # and the sub-block scales (and mins) over their whole range
+    sc = RNG.integers(lo, hi + 1, size=(9, fmt.n_sub))
+    m = RNG.integers(0, hi + 1, size=(9, fmt.n_sub)) if fmt.has_mins else None
+    packed = fmt.pack_subscales(sc, m)
+    assert packed.shape == (9, next(p.per_block for p in fmt.planes if p.name == "subscales"))
+    got_sc, got_m = fmt.unpack_subscales(packed)
+    assert np.array_equal(got_sc, sc) and (m is None and got_m is None or np.array_equal(got_m, m))
 
 
 def test_get_format_names():

@@ -4,7 +4,8 @@ as stored, into a local buffer (count <= RUN; a run never crosses a group or sub
 One function per family of formats, all with the same arguments so one kernel template serves
 them all (matmul.py): the planes (codes, qh, scales, mins, subscales; a 1x1 dummy where a format
 has none), a dense float32 matrix (for float checkpoints), the fp16 -> float32 table, and the
-format's numbers `fmt` = (bits, group_size, lo_span, hi_bits, offset, has_mins) (format_numbers).
+format's numbers `fmt` = (bits, group_size, lo_span, hi_bits, offset, has_mins, lo_bits, packing)
+(format_numbers; packing: PACKINGS' index of the k-quant's sub-block scale packing).
 The layouts are quantize/formats.py's and quantize/kquants.py's; these read a run at a time, where
 the numpy references unpack whole blocks.
 """
@@ -16,15 +17,17 @@ from numba import cuda, float32, int32
 from ..quantize.kquants import QK_K, KQuantFormat
 
 DENSE, GROUP, KQUANT = "dense", "group", "kquant"
+PACKINGS = ("k6", "k4", "k3", "i8")           # kquants.py's sub-block scale packings, by number
 
 
 def format_numbers(fmt) -> tuple[int, ...]:
     """The numbers the device functions read, for a FORMATS entry (None: a dense float matrix)."""
     if fmt is None:
-        return (32, 1, 0, 0, 0, 0)
+        return (32, 1, 0, 0, 0, 0, 0, 0)
     if isinstance(fmt, KQuantFormat):
-        return (fmt.bits, QK_K, fmt.lo_span, fmt.hi_bits, fmt.offset, int(fmt.has_mins))
-    return (fmt.bits, fmt.group_size, 0, 0, fmt.family.offset, int(not fmt.symmetric))
+        return (fmt.bits, QK_K, fmt.lo_span, fmt.hi_bits, fmt.offset, int(fmt.has_mins), fmt.lo_bits,
+                PACKINGS.index(fmt.packing))
+    return (fmt.bits, fmt.group_size, 0, 0, fmt.family.offset, int(not fmt.symmetric), 0, 0)
 
 
 def family_of(fmt) -> str:
@@ -70,13 +73,27 @@ def group_run(codes, qh, scales, mins, subs, wf, h2f, fmt, row, k0, count, buf):
 
 
 @cuda.jit(device=True, inline=True)
+def bit_field(plane, row, start, bits, j):
+    """Bits of weight j of a super-block whose bit-field plane (kquants.py's `qh` layout) starts at
+    byte `start` of the row."""
+    per = 32 * (8 // bits)                        # weights whose fields share 32 bytes
+    grp = j // per
+    field = (j - grp * per) // 32
+    byte = int32(plane[row, start + grp * 32 + (j - grp * per - field * 32)])
+    return (byte >> (bits * field)) & ((1 << bits) - 1)
+
+
+@cuda.jit(device=True, inline=True)
 def kquant_run(codes, qh, scales, mins, subs, wf, h2f, fmt, row, k0, count, buf):
-    """Q4_K/Q5_K/Q6_K: low nibbles packed per lo_span, high bits in qh, sub-block scales (kquants.py)."""
+    """Q2_K .. Q6_K: low bits as nibbles per lo_span or 2-bit fields, high bits in qh, sub-block
+    scales in one of the packings (kquants.py)."""
     b = k0 // 256
     d = h2f[scales[row, b]]
     j0 = k0 - b * 256
-    if fmt[5]:                                    # 6-bit sub-block scales and mins, 12 bytes
-        s = j0 // 32
+    packing, sub = fmt[7], 32 if fmt[7] == 0 else 16    # "k6" packs sub-blocks of 32, the others of 16
+    s = j0 // sub
+    m = 0
+    if packing == 0:                              # "k6": 6-bit sub-block scales and mins, 12 bytes
         base = b * 12
         if s < 4:
             sc = int32(subs[row, base + s]) & 63
@@ -85,28 +102,35 @@ def kquant_run(codes, qh, scales, mins, subs, wf, h2f, fmt, row, k0, count, buf)
             mixed = int32(subs[row, base + s + 4])
             sc = (mixed & 15) | ((int32(subs[row, base + s - 4]) >> 6) << 4)
             m = (mixed >> 4) | ((int32(subs[row, base + s]) >> 6) << 4)
-        scale, low = d * float32(sc), h2f[mins[row, b]] * float32(m)
-    else:
-        sc = int32(subs[row, b * 16 + j0 // 16])  # int8 sub-block scales, one per 16
-        scale, low = d * float32(sc - 256 if sc > 127 else sc), float32(0)
-    span, h = fmt[2], fmt[3]
+    elif packing == 1:                            # "k4": scale and min nibbles, a byte each
+        byte = int32(subs[row, b * 16 + s])
+        sc, m = byte & 15, byte >> 4
+    elif packing == 2:                            # "k3": 6-bit scales + 32, 12 bytes
+        low = (int32(subs[row, b * 12 + s % 8]) >> (4 * (s // 8))) & 15
+        high = (int32(subs[row, b * 12 + 8 + s % 4]) >> (2 * (s // 4))) & 3
+        sc = (low | (high << 4)) - 32
+    else:                                         # "i8": int8 sub-block scales
+        sc = int32(subs[row, b * 16 + s])
+        sc = sc - 256 if sc > 127 else sc
+    scale = d * float32(sc)
+    low_value = h2f[mins[row, b]] * float32(m) if fmt[5] else float32(0)
+    span, h, lo_bits = fmt[2], fmt[3], fmt[6]
     half = span // 2
     for i in range(count):
         j = j0 + i
-        s = j // span
-        jj = j - s * span
-        if jj < half:
-            q = int32(codes[row, b * 128 + s * half + jj]) & 15
+        if lo_bits == 2:
+            q = bit_field(codes, row, b * 64, 2, j)
         else:
-            q = int32(codes[row, b * 128 + s * half + jj - half]) >> 4
+            s = j // span
+            jj = j - s * span
+            if jj < half:
+                q = int32(codes[row, b * 128 + s * half + jj]) & 15
+            else:
+                q = int32(codes[row, b * 128 + s * half + jj - half]) >> 4
         if h > 0:
-            per = 32 * (8 // h)                   # weights whose high bits share 32 bytes
-            grp = j // per
-            field = (j - grp * per) // 32
-            byte = int32(qh[row, b * 32 * h + grp * 32 + (j - grp * per - field * 32)])
-            q |= ((byte >> (h * field)) & ((1 << h) - 1)) << 4
+            q |= bit_field(qh, row, b * 32 * h, h, j) << lo_bits
         if fmt[5]:
-            buf[i] = scale * float32(q) - low
+            buf[i] = scale * float32(q) - low_value
         else:
             buf[i] = scale * (float32(q) - float32(fmt[4]))
 
