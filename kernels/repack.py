@@ -10,7 +10,9 @@ replaces (slice the fields, interleave, concatenate the parts) made three copies
 a 7B GGUF took 20+ s to load.
 
 The same pass counts the fp16 values that are NaN or infinite (exponent bits all ones), so a broken
-file is refused without another read of its scales.
+file is refused without another read of its scales. While a model loads, the planes are the arrays
+of its plane cache entry (qllama/plane_cache.py): written here the first time, mapped as they are
+(no copy, the counts replayed) the next.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from llvmlite import ir
 from numba.core import types
 from numba.extending import intrinsic
 
+from .. import plane_cache
 from .jit import kernel
 from .layout import ROWS
 
@@ -164,11 +167,14 @@ def pack(parts: list[Stored], layouts: list[PlaneLayout], interleave: bool, pad_
     out_rows = -(-rows // ROWS) * ROWS if pad_rows else rows
     specs = {p.name: p for p in fmt.planes}
     planes, bad = {}, 0
+    cache = plane_cache.active()      # a model's load: the planes live in (or come from) its cache entry
     for lay in layouts:
         spec = specs[lay.name]
-        dst = np.empty((out_rows, n_blocks * spec.nbytes), np.uint8)
+        shape = (out_rows, n_blocks * spec.nbytes)
+        dst, filled = cache.array(shape) if cache is not None else (np.empty(shape, np.uint8), False)
+        planes[lay.name] = dst
         row0 = 0
-        for i, part in enumerate(parts):
+        for i, part in enumerate(parts if not filled else ()):
             src, block, offset = part.fields[lay.name]
             n = part.shape[0]
             last = i == len(parts) - 1
@@ -178,11 +184,10 @@ def pack(parts: list[Stored], layouts: list[PlaneLayout], interleave: bool, pad_
             bad += _copy_field(src, order, block, offset, spec.nbytes, lay.chunk if interleave else spec.nbytes,
                                n, blocked, np.uint8(lay.xor), spec.dtype == "F16", dst.reshape(-1), dst.shape[1], row0)
             row0 += n
-        planes[lay.name] = dst
     for part in parts:
         if part.done is not None:
             part.done()
-    return planes, int(bad)
+    return planes, int(bad if cache is None else cache.counted(bad))
 
 
 def in_row_order(part: Stored):

@@ -15,6 +15,7 @@ from typing import Callable
 import numba
 import numpy as np
 
+from . import plane_cache
 from .api import TextAPI
 from .cache import KVCache, Span
 from .checkpoint import Checkpoint, SourceTensor, open_checkpoint
@@ -24,7 +25,7 @@ from .kernels import elementwise
 from .kernels.attention import attention as attention_kernel
 from .kernels.warmup import prepare_kernels
 from .kernels.repack import Stored, stored_ggml, stored_planes
-from .linear import DenseLinear, QuantLinear, fusable
+from .linear import DEFAULT_PATH, DenseLinear, QuantLinear, fusable
 from .quantize.formats import BY_GGML_TYPE, nearest_format
 from .quantize.tensor import requantize
 from .rope import apply_rope, inverse_frequencies, rope_at
@@ -197,7 +198,13 @@ class Model(TextAPI):
         if kv_dtype not in KV_DTYPES:
             raise QllamaError(f"KV cache type {kv_dtype!r} is not one of {', '.join(KV_DTYPES)}")
         self.kv_dtype = KV_DTYPES[kv_dtype]
-        self.weights = load_weights(checkpoint, reference, self.args.n_layers, self.backend)
+        def weights():
+            return load_weights(checkpoint, reference, self.args.n_layers, self.backend)
+        if self.backend is CPU and not reference and checkpoint.path.is_file():
+            # the kernels' layout kept on disk: the next load maps it instead of repacking
+            self.weights = plane_cache.load(checkpoint.path, {"path": DEFAULT_PATH}, weights)
+        else:
+            self.weights = weights()
         if checkpoint.release is not None:
             # the kernels read copies (or map the pages again where they read the file's planes):
             # whatever the copying mapped, in pages or in the page cache's large folios, goes

@@ -6,6 +6,9 @@ import pytest
 # tests/cuda_sim runs in a process of its own with the simulator on (tests/test_cuda_sim.py); its
 # conftest refuses to be imported without it, so the main run does not descend there
 collect_ignore = [] if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else ["cuda_sim"]
+# no plane cache entries in the user's cache folder for the hundreds of models the tests write (and
+# rewrite in place); tests/test_plane_cache.py turns it on in a folder of its own
+os.environ["QLLAMA_PLANE_CACHE"] = "0"
 
 
 @pytest.fixture(scope="session")
