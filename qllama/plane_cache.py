@@ -14,7 +14,8 @@ hashes the source file (path, size, mtime, inode, its first and last MiB), qllam
 and the kernel path: any change makes a new entry, and a finished entry replaces the older ones
 of the same source and those of deleted sources. A load that asks for an array the index does not list next stops, and loads
 again by repacking. QLLAMA_PLANE_CACHE=0 turns the cache off; it is also skipped when the disk has
-less room than the source's size plus 1 GiB.
+less room than twice the source's size plus 1 GiB, and where Python has no os.posix_fallocate (macOS,
+Windows: without the blocks reserved, a full disk would fault a page of the mapping).
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from .paths import cache_dir
 ALIGN = 64
 SPARE_DISK = 1 << 30
 EDGE = 1 << 20                  # bytes hashed at each end of the source
+NOTICE_SIZE = 1 << 30           # a source this large says on stderr that its first load writes an entry
 _active = contextvars.ContextVar("plane_cache", default=None)
 
 
@@ -113,6 +115,10 @@ class Writer:
                 if old != self.index and (of == str(self.source) or not Path(of).exists()):
                     old.unlink()
                     old.with_suffix(".planes").unlink(missing_ok=True)
+        for tmp in self.index.parent.glob("*.tmp"):         # left by a load that was killed
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if not _alive(int(tmp.name.split(".")[-2])):
+                    tmp.unlink()
         os.replace(self.tmp, self.data)
         tmp_index = self.index.with_name(f"{self.index.name}.{os.getpid()}.tmp")
         tmp_index.write_text(json.dumps({"source": str(self.source), "size": self.end, "arrays": self.arrays,
@@ -156,6 +162,16 @@ class Reader:
         return self.next_array == len(self.arrays) and self.next_bad == len(self.bad)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def _using(store):
     token = _active.set(store)
@@ -175,8 +191,8 @@ def _reader(data: Path, index: Path):
 def load(source: Path, facts: dict, build):
     """build() (a model's weights) with its repacked planes read from, or written to, the cache
     entry of `source` (a file) and `facts` (what else decides the layout)."""
-    if os.environ.get("QLLAMA_PLANE_CACHE", "1") in ("0", "false", "no"):
-        return build()
+    if os.environ.get("QLLAMA_PLANE_CACHE", "1") in ("0", "false", "no") or not hasattr(os, "posix_fallocate"):
+        return build()                          # (macOS and Windows have no posix_fallocate: no cache)
     try:
         key = entry_key(source, facts)
         folder().mkdir(parents=True, exist_ok=True)
@@ -195,11 +211,15 @@ def load(source: Path, facts: dict, build):
         for path in (index, data):              # another layout than the index's: drop it, repack
             path.unlink(missing_ok=True)
     try:
-        if shutil.disk_usage(folder()).free < source.stat().st_size + SPARE_DISK:
-            return build()
+        size = source.stat().st_size
+        if shutil.disk_usage(folder()).free < 2 * size + SPARE_DISK:
+            return build()                      # leave at least the model's size free after writing
         writer = Writer(data, index, source.resolve())
     except OSError:
         return build()
+    if size >= NOTICE_SIZE:
+        print(f"qllama: keeping {source.name}'s planes in {folder()} (about {size / 2 ** 30:.1f} GiB) so later "
+              f"loads map them; QLLAMA_PLANE_CACHE=0 turns this off", file=sys.stderr)
     try:
         with _using(writer):
             weights = build()

@@ -107,6 +107,17 @@ def test_a_refused_file_leaves_no_entry(tmp_path, cache):
     assert not cache.exists() or not any(cache.iterdir())
 
 
+def test_a_killed_load_leaves_nothing_behind(tmp_path, cache):
+    """An unfinished entry (no index; its writer's process gone) is removed by the next finished one."""
+    cache.mkdir(parents=True)
+    dead = cache / f"0123.planes.{2 ** 22 + 12345}.tmp"     # above Linux's default pid_max
+    dead.write_bytes(b"x" * 100)
+    path = tmp_path / "model.gguf"
+    write_model(path)
+    qllama.load(path)
+    assert not dead.exists() and entries(cache) == [".json", ".planes"]
+
+
 def test_off_switch(tmp_path, cache, monkeypatch):
     monkeypatch.setenv("QLLAMA_PLANE_CACHE", "0")
     path = tmp_path / "model.gguf"
