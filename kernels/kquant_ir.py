@@ -66,6 +66,17 @@ def _interleave_i16(b, lo, hi):
                             _const(I32, 2 * ROWS, [k for r in range(ROWS) for k in (r, ROWS + r)]))
 
 
+def sub_block_order(fmt) -> list[int]:
+    """The sub-blocks in the order a tile of tokens takes them. 2-bit fields (Q2_K, Q3_K): a 32-byte
+    chunk of `qweight` holds four sub-blocks' codes (fields 0-3: sub-blocks j, j + 2, j + 4, j + 6),
+    so those four are taken one after another and a chunk is live for four sub-blocks, not seven
+    (prefill 1.2x)."""
+    if fmt.lo_bits != 2:
+        return list(range(fmt.n_sub))
+    per_span = 128 // fmt.sub_block
+    return [s * per_span + h + 2 * k for s in range(QK_K // 128) for h in (0, 1) for k in range(per_span // 2)]
+
+
 def define_kquant_dot(module, name, n_tokens, fmt, path, exact_half):
     """void f(i8* qweight, i8* qh, i8* subscales, i16* d, i16* dmin, i8* xq, i64 xq_stride, f32* xd,
               i64 xd_stride, i16* bsum, i64 bsum_stride, i64 n_blocks, f32* out, i64 out_stride):
@@ -173,13 +184,15 @@ def define_kquant_dot(module, name, n_tokens, fmt, path, exact_half):
     x_block = b.mul(g, ir.Constant(I64, QK_K))
     sub_first = b.mul(g, ir.Constant(I64, fmt.n_sub))
     sums = [ir.Constant(i32x8, [0] * ROWS)] * n_tokens       # each token's sum_j sc_j isum_j (not avx512), offsets
-    # Q6_K's offsets inside the sub-block loop when there are several tokens (prefill 1.15x), after
-    # it for one (decode: 1.4x; inside, its code vectors spill); the mins of Q4_K/Q5_K after it
-    late = fmt.has_mins or n_tokens == 1
-    previous = None
+    # offsets (Q3_K, Q6_K) and Q2_K's sixteen mins summed inside the sub-block loop for a tile of
+    # tokens, after it for one token (decode, where inside made the code vectors spill) and for
+    # Q4_K/Q5_K's eight mins; measured per format: prefill Q6_K 1.15x, Q2_K 1.2x, Q4_K 0.86x inside
+    late = n_tokens == 1 or (fmt.has_mins and fmt.n_sub < 16)
+    mins_acc = [ir.Constant(i32x8, [0] * ROWS)] * n_tokens     # Q2_K: sum_j m_j bs_j inside the loop
+    scales = {}
     fsums = [ir.Constant(f8, [0.0] * ROWS)] * n_tokens     # avx512: sum_j d sc_j isum_j, in float
-    for j in range(fmt.n_sub):
-        sc = scale(j)
+    for j in sub_block_order(fmt) if n_tokens > 1 else range(fmt.n_sub):   # (decode: Q2_K 0.75x in that order)
+        sc = scales[j] = scale(j)
         if path == AVX512:
             scf = b.fmul(d, b.sitofp(sc, f8), flags=fast)
         if path == AVX2:                # sc_j in both i16 lanes of each row, for vpmaddwd
@@ -203,20 +216,22 @@ def define_kquant_dot(module, name, n_tokens, fmt, path, exact_half):
                     s16 = prod if s16 is None else b.add(s16, prod)
                 part = _madd_i16(b, s16, sc16, path) if path == AVX2 else b.mul(_rows_i32(b, s16, path), sc)
                 sums[t] = b.add(sums[t], part)
-        if not late and j % 2:          # Q6_K's offset, - 32 sc_j bs_j, two sub-blocks at a time
+        if not late and j ^ 1 in scales and fmt.has_mins:
+            pair = _interleave_i16(b, minimum(j & ~1), minimum(j | 1))
+            mins_acc = [b.add(mins_acc[t], sub_sums(t, pair, j // 2)) for t in range(n_tokens)]
+        elif not late and j ^ 1 in scales:  # Q3_K/Q6_K's offset, - o sc_j bs_j, two sub-blocks at a time
             neg = i32(-fmt.offset)
-            pair = _interleave_i16(b, b.mul(previous, neg), b.mul(sc, neg))
+            pair = _interleave_i16(b, b.mul(scales[j & ~1], neg), b.mul(scales[j | 1], neg))
             sums = [b.add(sums[t], sub_sums(t, pair, j // 2)) for t in range(n_tokens)]
-        previous = sc
     coef = minimum if fmt.has_mins else (lambda j: b.mul(scale(j), i32(-fmt.offset)))
     pairs = [_interleave_i16(b, coef(j), coef(j + 1)) for j in range(0, fmt.n_sub, 2)] if late else []
     new_accs = []
     for t in range(n_tokens):
         dx = _splat(b, b.load(b.gep(tok_d[t], [g])), ROWS)
         term = b.fadd(b.fmul(d, b.sitofp(sums[t], f8), flags=fast), fsums[t], flags=fast)
-        if pairs:
-            mins = sub_sums(t, pairs[0], 0)
-            for k in range(1, len(pairs)):
+        if pairs or (fmt.has_mins and not late):
+            mins = mins_acc[t]
+            for k in range(len(pairs)):
                 mins = b.add(mins, sub_sums(t, pairs[k], k))
             if fmt.has_mins:                # - dmin sum_j m_j bs_j
                 term = b.fsub(term, b.fmul(dmin, b.sitofp(mins, f8), flags=fast), flags=fast)
