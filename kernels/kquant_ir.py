@@ -188,7 +188,7 @@ def define_kquant_dot(module, name, n_tokens, fmt, path, exact_half):
     # tokens, after it for one token (decode, where inside made the code vectors spill) and for
     # Q4_K/Q5_K's eight mins; measured per format: prefill Q6_K 1.15x, Q2_K 1.2x, Q4_K 0.86x inside
     late = n_tokens == 1 or (fmt.has_mins and fmt.n_sub < 16)
-    mins_acc = [ir.Constant(i32x8, [0] * ROWS)] * n_tokens     # Q2_K: sum_j m_j bs_j inside the loop
+    mins_acc = [ir.Constant(i32x8, [0] * ROWS)] * n_tokens     # Q2_K's sum_j m_j bs_j inside the loop
     scales = {}
     fsums = [ir.Constant(f8, [0.0] * ROWS)] * n_tokens     # avx512: sum_j d sc_j isum_j, in float
     for j in sub_block_order(fmt) if n_tokens > 1 else range(fmt.n_sub):   # (decode: Q2_K 0.75x in that order)
@@ -228,15 +228,15 @@ def define_kquant_dot(module, name, n_tokens, fmt, path, exact_half):
     new_accs = []
     for t in range(n_tokens):
         dx = _splat(b, b.load(b.gep(tok_d[t], [g])), ROWS)
-        term = b.fadd(b.fmul(d, b.sitofp(sums[t], f8), flags=fast), fsums[t], flags=fast)
-        if pairs or (fmt.has_mins and not late):
-            mins = mins_acc[t]
-            for k in range(len(pairs)):
-                mins = b.add(mins, sub_sums(t, pairs[k], k))
-            if fmt.has_mins:                # - dmin sum_j m_j bs_j
-                term = b.fsub(term, b.fmul(dmin, b.sitofp(mins, f8), flags=fast), flags=fast)
-            else:
-                term = b.fadd(b.fmul(d, b.sitofp(b.add(sums[t], mins), f8), flags=fast), fsums[t], flags=fast)
+        mins = mins_acc[t]              # sum_j coef_j bs_j: the pairs not taken inside the loop
+        for k, pair in enumerate(pairs):
+            mins = b.add(mins, sub_sums(t, pair, k))
+        if fmt.has_mins:                # ... - dmin sum_j m_j bs_j
+            ints = b.fsub(b.fmul(d, b.sitofp(sums[t], f8), flags=fast), b.fmul(dmin, b.sitofp(mins, f8), flags=fast),
+                          flags=fast)
+        else:                           # the offsets are in the integer sum
+            ints = b.fmul(d, b.sitofp(b.add(sums[t], mins), f8), flags=fast)
+        term = b.fadd(ints, fsums[t], flags=fast)
         new_accs.append(b.fadd(accs[t], b.fmul(term, dx, flags=fast), flags=fast))
     g_next = b.add(g, ir.Constant(I64, 1))
     b.cbranch(b.icmp_signed("<", g_next, n_blocks), loop, done)
