@@ -34,7 +34,11 @@
    embedding rows, so its GB/s differs).
 
 llama-cpp-python is a bench-only extra (`pip install 'qllama[bench]'`, which compiles llama.cpp,
-about 10 minutes); without it the script says so and exits 1.
+about 10 minutes); without it the script says so and exits 1. On a CPU with AMX (Intel Xeon,
+Sapphire Rapids and later) its native build crashed in llama_decode on Q4_K files (2026-12-02);
+build it without AMX: CMAKE_ARGS="-DGGML_NATIVE=ON -DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8
+-mno-amx-bf16' -DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'" pip install
+--force-reinstall --no-deps --no-cache-dir llama-cpp-python==0.3.36.
 """
 from __future__ import annotations
 
