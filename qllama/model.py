@@ -360,9 +360,12 @@ def stored_bytes(t: SourceTensor, requantized: dict) -> Stored | None:
         return stored_ggml(t.raw, t.shape, BY_GGML_TYPE[t.dtype], t.rows, done=t.done)
     if t.dtype not in FLOAT_TYPES:
         fmt = nearest_format(ggml_bits_per_weight(t.dtype))
+        requantized[t.dtype, fmt.name] = requantized.get((t.dtype, fmt.name), 0) + 1
+        if plane_cache.replaying():             # the requantized planes are in the cache entry
+            t.done()
+            return Stored(fmt, tuple(t.shape), {})
         q = requantize(t.raw, t.rows, t.decode, t.shape, fmt)
         t.done()
-        requantized[t.dtype, fmt.name] = requantized.get((t.dtype, fmt.name), 0) + 1
         return stored_planes(q)
     return None
 

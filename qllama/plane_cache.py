@@ -49,6 +49,11 @@ def active():
     return _active.get()
 
 
+def replaying() -> bool:
+    """Whether this load's planes come from a finished entry: no matrix needs its bytes prepared."""
+    return isinstance(_active.get(), Reader)
+
+
 @functools.cache
 def code_hash() -> str:
     """All of qllama's Python sources: the layouts follow from the code."""
@@ -145,7 +150,7 @@ class Reader:
 
     def array(self, shape: tuple[int, int]) -> tuple[np.ndarray, bool]:
         if shape[0] * shape[1] == 0:
-            return np.empty(shape, np.uint8), False
+            return np.empty(shape, np.uint8), True      # nothing to fill
         if self.next_array >= len(self.arrays) or tuple(self.arrays[self.next_array][1:]) != tuple(shape):
             raise Stale
         offset = self.arrays[self.next_array][0]

@@ -73,6 +73,22 @@ def test_a_changed_source_gets_a_new_entry_and_the_old_one_goes(tmp_path, cache,
     assert not old & set(cache.iterdir()) and entries(cache) == [".json", ".planes"]
 
 
+def test_a_mapped_load_does_not_requantize_again(tmp_path, cache, monkeypatch):
+    """Types without kernels are requantized once, into the entry; a load from the entry skips it."""
+    import qllama.model
+    path = tmp_path / "iq.gguf"
+    write_model(path, {"attn_q": "IQ4_NL", "ffn_up": "IQ3_XXS", "ffn_gate": "Q5_0"})
+    expected = uncached_logits(path, monkeypatch)
+    qllama.load(path)
+
+    def refuse(*args):
+        raise AssertionError("requantized again")
+    monkeypatch.setattr(qllama.model, "requantize", refuse)
+    model = qllama.load(path)
+    assert backing_file(model) == {str(next(cache.glob("*.planes")))}
+    assert np.array_equal(model.logits(IDS), expected)
+
+
 @pytest.mark.parametrize("damage", ["truncated", "other layout", "not json"])
 def test_a_damaged_entry_is_repacked_instead(tmp_path, cache, monkeypatch, damage):
     path = tmp_path / "model.gguf"
