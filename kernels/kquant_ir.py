@@ -71,8 +71,8 @@ def _after(b, vectors):
     Offsetting a sub-block's addresses by it starts the sub-block's loads after the sums of the one
     before, for every token of the tile. Without it, on avx2's sixteen registers, LLVM's scheduler ran
     the tile a token at a time through all the sub-blocks and kept every code vector of the
-    super-block on the stack (Q6_K: 871 stack references per super-block, 371 with it; prefill
-    1.2-1.4x single-threaded, every k-quant)."""
+    super-block on the stack (Q6_K: 871 stack references per super-block, 377 with it; every
+    k-quant's prefill 1.2-1.6x, bench/RESULTS.md)."""
     fnty = ir.FunctionType(I64, [I64] + [v.type for v in vectors])
     return b.asm(fnty, "", "=r,0" + ",x" * len(vectors), [ir.Constant(I64, 0), *vectors], False)
 
