@@ -201,6 +201,9 @@ def define_kquant_dot(module, name, n_tokens, fmt, path, exact_half):
     late = n_tokens == 1 or (fmt.has_mins and fmt.n_sub < 16)
     mins_acc = [ir.Constant(i32x8, [0] * ROWS)] * n_tokens     # Q2_K's sum_j m_j bs_j inside the loop
     scales = {}
+
+    def coef(j):                        # what multiplies bs_j: the min m_j, or -offset sc_j
+        return minimum(j) if fmt.has_mins else b.mul(scales[j], i32(-fmt.offset))
     fsums = [ir.Constant(f8, [0.0] * ROWS)] * n_tokens     # avx512: sum_j d sc_j isum_j, in float
     in_order = n_tokens > 1 and path == AVX2
     block_starts = (qw_g, qh_g, sub_g, x_block, sub_first)
@@ -234,14 +237,12 @@ def define_kquant_dot(module, name, n_tokens, fmt, path, exact_half):
                     s16 = prod if s16 is None else b.add(s16, prod)
                 part = _madd_i16(b, s16, sc16, path) if path == AVX2 else b.mul(_rows_i32(b, s16, path), sc)
                 sums[t] = b.add(sums[t], part)
-        if not late and j ^ 1 in scales and fmt.has_mins:
-            pair = _interleave_i16(b, minimum(j & ~1), minimum(j | 1))
-            mins_acc = [b.add(mins_acc[t], sub_sums(t, pair, j // 2)) for t in range(n_tokens)]
-        elif not late and j ^ 1 in scales:  # Q3_K/Q6_K's offset, - o sc_j bs_j, two sub-blocks at a time
-            neg = i32(-fmt.offset)
-            pair = _interleave_i16(b, b.mul(scales[j & ~1], neg), b.mul(scales[j | 1], neg))
-            sums = [b.add(sums[t], sub_sums(t, pair, j // 2)) for t in range(n_tokens)]
-    coef = minimum if fmt.has_mins else (lambda j: b.mul(scale(j), i32(-fmt.offset)))
+        if not late and j ^ 1 in scales:    # two sub-blocks at a time; offsets into sums (no more registers)
+            pair = _interleave_i16(b, coef(j & ~1), coef(j | 1))
+            if fmt.has_mins:
+                mins_acc = [b.add(mins_acc[t], sub_sums(t, pair, j // 2)) for t in range(n_tokens)]
+            else:
+                sums = [b.add(sums[t], sub_sums(t, pair, j // 2)) for t in range(n_tokens)]
     pairs = [_interleave_i16(b, coef(j), coef(j + 1)) for j in range(0, fmt.n_sub, 2)] if late else []
     new_accs = []
     for t in range(n_tokens):
