@@ -11,27 +11,45 @@ import numba as nb
 import numpy as np
 
 from .exp import exp_f32
-from .jit import by_rows, kernel
+from .jit import NO_REASSOC, by_rows, kernel
 
 
-@kernel(fastmath=True)
-def _rmsnorm_row(x, weight, eps, out):
-    total = np.float32(0.0)
-    for j in range(x.shape[0]):
+@kernel(fastmath=NO_REASSOC)
+def _sum_squares(x):
+    """In a fixed order (jit.NO_REASSOC): eight running sums, which LLVM can keep in one vector,
+    added pairwise at the end (2x the speed of one running sum at 4096)."""
+    n = x.shape[0]
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
+    for j in range(0, n - n % 8, 8):
+        s0 += x[j] * x[j]
+        s1 += x[j + 1] * x[j + 1]
+        s2 += x[j + 2] * x[j + 2]
+        s3 += x[j + 3] * x[j + 3]
+        s4 += x[j + 4] * x[j + 4]
+        s5 += x[j + 5] * x[j + 5]
+        s6 += x[j + 6] * x[j + 6]
+        s7 += x[j + 7] * x[j + 7]
+    total = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+    for j in range(n - n % 8, n):
         total += x[j] * x[j]
-    inv = np.float32(1.0) / np.sqrt(total / np.float32(x.shape[0]) + eps)
+    return total
+
+
+@kernel(fastmath=NO_REASSOC)
+def _rmsnorm_row(x, weight, eps, out):
+    inv = np.float32(1.0) / np.sqrt(_sum_squares(x) / np.float32(x.shape[0]) + eps)
     for j in range(x.shape[0]):
         out[j] = x[j] * inv * weight[j]
 
 
-@kernel(fastmath=True)
+@kernel(fastmath=NO_REASSOC)
 def _silu_mul_row(gate, up, out):
     for j in range(gate.shape[0]):
         g = gate[j]
         out[j] = g / (np.float32(1.0) + exp_f32(-g)) * up[j]
 
 
-@kernel(fastmath=True)
+@kernel(fastmath=NO_REASSOC)
 def _rope_row(x, c, s, out):
     """x, out (heads, hd); c, s (hd / 2): rotate-half, the pair (j, j + hd / 2)."""
     half = x.shape[1] // 2
@@ -44,37 +62,37 @@ def _rope_row(x, c, s, out):
 
 
 # each op twice: threads over the rows of a prompt, the calling thread for a decode step (by_rows)
-@kernel(fastmath=True)
+@kernel(fastmath=NO_REASSOC)
 def _rmsnorm_serial(x, weight, eps, out):
     for i in range(x.shape[0]):
         _rmsnorm_row(x[i], weight, eps, out[i])
 
 
-@kernel(parallel=True, fastmath=True)
+@kernel(parallel=True, fastmath=NO_REASSOC)
 def _rmsnorm_parallel(x, weight, eps, out):
     for i in nb.prange(x.shape[0]):
         _rmsnorm_row(x[i], weight, eps, out[i])
 
 
-@kernel(fastmath=True)
+@kernel(fastmath=NO_REASSOC)
 def _silu_mul_serial(gate, up, out):
     for i in range(gate.shape[0]):
         _silu_mul_row(gate[i], up[i], out[i])
 
 
-@kernel(parallel=True, fastmath=True)
+@kernel(parallel=True, fastmath=NO_REASSOC)
 def _silu_mul_parallel(gate, up, out):
     for i in nb.prange(gate.shape[0]):
         _silu_mul_row(gate[i], up[i], out[i])
 
 
-@kernel(fastmath=True)
+@kernel(fastmath=NO_REASSOC)
 def _rope_serial(x, cos, sin, out):
     for i in range(x.shape[0]):
         _rope_row(x[i], cos[i], sin[i], out[i])
 
 
-@kernel(parallel=True, fastmath=True)
+@kernel(parallel=True, fastmath=NO_REASSOC)
 def _rope_parallel(x, cos, sin, out):
     for i in nb.prange(x.shape[0]):
         _rope_row(x[i], cos[i], sin[i], out[i])

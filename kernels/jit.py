@@ -26,6 +26,12 @@ _SOURCES = sorted(Path(__file__).parent.glob("*.py")) + [Path(m.__file__) for m 
 SOURCE_HASH = hashlib.sha256(b"".join(p.read_bytes() for p in _SOURCES)).hexdigest()
 
 
+# fast-math without reassociation. With it, a parallel kernel compiled in this process summed in
+# another order than the same kernel loaded from Numba's cache (rmsnorm, measured): a first run,
+# which compiles, gave other logits than every later run. Without it a sum runs in source order.
+NO_REASSOC = {"nnan", "ninf", "nsz", "arcp", "contract", "afn"}
+
+
 @contextmanager
 def _cache_folder():
     """Numba picks a function's cache folder when it is decorated: point it at ours meanwhile."""

@@ -30,7 +30,9 @@ import json, sys
 import numpy as np
 import qllama
 from numba.core import event
+from qllama.kernels import warmup
 from qllama.kernels.warmup import prepare_kernels
+warmup._workers = lambda n_groups: 0        # every kernel compiled here (see cold_then_warm)
 model = qllama.load(sys.argv[1])
 prepare_kernels(model)              # a no-op when the load already did it
 with event.install_recorder("numba:compile") as compiles:
@@ -52,7 +54,11 @@ def q4_stories(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def cold_then_warm(tmp_path_factory, q4_stories):
-    """Two processes on one new cache folder: (stderr, {"compiled", "tokens"}, logits) for each."""
+    """Two processes on one new cache folder: (stderr, {"compiled", "tokens"}, logits) for each.
+    The cold one compiles every kernel itself, without worker processes, and the warm one loads them
+    all from the cache, so equal logits mean no kernel computes differently once cached. (With
+    workers, which kernels a process compiles itself depends on timing: a fast-math sum that
+    compiled and cached code added in different orders failed one run in a few.)"""
     folder = tmp_path_factory.mktemp("cache")
     env = {**os.environ, "QLLAMA_CACHE": str(folder)}
     runs = []
