@@ -8,7 +8,7 @@ from paths import MODELS
 
 STORIES = MODELS / "stories260K" / "stories260K.bin"
 PROMPT = [1, 403, 407]                  # BOS and two ids of the 512-token vocabulary
-N_TOKENS = 8
+N_TOKENS = 4                            # a prompt and three decode steps: the simulator takes ~12 s a step
 
 
 @pytest.fixture(scope="module")
@@ -42,5 +42,5 @@ def test_a_k_quant_model_matches_the_cpu_reference_of_the_same_file(tmp_path):
     path = tmp_path / "stories260K-q4_k.safetensors"
     convert(STORIES, path, format="q4_k", embeddings_format="q8_g32", search=False)
     gpu, ref = qllama.load(path, ctx=16, device="cuda"), qllama.load(path, ctx=16, reference=True)
-    want = list(ref.generate(PROMPT, max_tokens=3, temperature=0))
-    assert len(want) == 3 and list(gpu.generate(PROMPT, max_tokens=3, temperature=0)) == want
+    want = list(ref.generate(PROMPT, max_tokens=2, temperature=0))
+    assert len(want) == 2 and list(gpu.generate(PROMPT, max_tokens=2, temperature=0)) == want
