@@ -1,14 +1,15 @@
 """Attention over the KV cache (Numba): grouped-query, causal, reading float16 or float32 keys/values.
 
-Prefill: scores are dot products of a query with each cache row, read in place (a row of one KV
-head is contiguous, so the dot runs along head_dim and no key is copied); each row is converted
-once for all the query heads that share it. Values are converted once per call into float32
-scratch, transposed (kv_heads, head_dim, length), so each output element is a dot product of the
-probabilities with a contiguous row: accumulating weighted value rows into the output instead
-would store the output once per position (0.6x, measured at the Llama-2-7B shape). Threads split
-the (KV head, token) pairs head by head, so a head's keys and values stay in L2 across its tokens
-(0.86x the time of token by token at the 7B shape), pairing token i with token n-1-i so causal
-rows of different lengths even out across threads.
+Prefill: a block of BLOCK tokens at a time, as two small matrix products in float_tile_ir.py's
+4 x 16 tiles: scores = (the block's queries, every query head of one KV head) x keys, then, after
+the causal softmax of each row, out = probabilities x values. The keys and values are converted
+once per call into float32 scratch: keys transposed (kv_heads, head_dim, positions) and values
+(kv_heads, positions, head_dim), so a tile reads rows of both. A column block of keys (or values)
+is taken by every row tile in turn while it is in L1. Against a dot product per query and key,
+each with a horizontal sum: 2.3-2.7x at 512 tokens (TinyLlama, 7B, Llama 3 8B shapes;
+bench/RESULTS.md). Threads split the (KV head, token block) pairs head by head, so a head's keys
+and values stay in L2 across its blocks, pairing block i with block n-1-i so causal rows of
+different lengths even out across threads.
 Decode (a token or a few): threads split the positions, so the cache is read front to back (one
 thread item per query head strided through it at 0.6x); the scores of all heads are kept, the
 softmax runs per head, and each thread's share of the weighted values is summed at the end.
@@ -21,23 +22,28 @@ import numba as nb
 import numpy as np
 
 from .exp import exp_f32
+from .float_tile_ir import TILE_COLS, TILE_ROWS, float_tile
 from .jit import kernel
 from .vector_ir import as_float
 
 DIRECT_TOKENS = 4     # fewer tokens than this: the decode kernel (no value scratch)
 DECODE_CHUNKS = 16    # decode's thread items: position ranges of at least 32
+BLOCK = 8             # prefill's tokens per thread item: two row tiles (MHA) share each key block in L1 (7B: 1.2x of 4)
 
 
 @kernel(parallel=True, fastmath=True)
-def _values_transposed(values, length):
-    """Cache values 0..length (float32 or fp16 bits) -> float32 (kv_heads, head_dim, length)."""
+def _keys_values(keys, values, length, cols, hd_padded):
+    """Cache rows 0..length (float32 or fp16 bits) -> float32 keys transposed (kv_heads, head_dim,
+    cols) and values (kv_heads, length, hd_padded), zero in the padding, which the tiles read."""
     kv_heads, hd = values.shape[1], values.shape[2]
-    vt = np.empty((kv_heads, hd, length), np.float32)
+    kt = np.zeros((kv_heads, hd, cols), np.float32)
+    vs = np.zeros((kv_heads, length, hd_padded), np.float32)
     for g in nb.prange(kv_heads):
         for j in range(length):
             for d in range(hd):
-                vt[g, d, j] = as_float(values[j, g, d])
-    return vt
+                kt[g, d, j] = as_float(keys[j, g, d])
+                vs[g, j, d] = as_float(values[j, g, d])
+    return kt, vs
 
 
 @kernel(fastmath=True)
@@ -59,27 +65,41 @@ def _softmax_rows(s, length):
 
 
 @kernel(fastmath=True)
-def _one_token(q, keys, vt, i, g, length, scale, s, out):
-    """Token i's n_rep query heads of KV head g over positions 0..length -> out; s is scratch."""
-    n_rep, hd = s.shape[0], q.shape[2]
-    for j in range(length):
-        k = keys[j, g]                      # in L1 for the n_rep heads
+def _token_block(q, kt, vs, g, block, pos, scale, qs, s, o, out):
+    """Tokens block*BLOCK.. (up to BLOCK) of KV head g: their n_rep query heads are the rows of qs,
+    s (scores, then probabilities) and o, which float_tile fills four rows at a time."""
+    n, hd = q.shape[0], q.shape[2]
+    n_rep = qs.shape[0] // BLOCK
+    cols_all, hd_padded = kt.shape[2], vs.shape[2]
+    first = block * BLOCK
+    count = min(BLOCK, n - first)
+    end = pos + first + count                   # the keys the last token sees
+    cols = -(-end // TILE_COLS) * TILE_COLS
+    for u in range(BLOCK):
         for r in range(n_rep):
-            qv = q[i, g * n_rep + r]
-            acc = np.float32(0.0)
+            row = qs[u * n_rep + r]
             for d in range(hd):
-                acc += qv[d] * as_float(k[d])
-            s[r, j] = acc * scale
-    _softmax_rows(s, length)
-    o = out[i].reshape(-1, hd)[g * n_rep:(g + 1) * n_rep]
-    for d in range(hd):
-        v = vt[g, d, :length]
+                row[d] = q[first + u, g * n_rep + r, d] * scale if u < count else np.float32(0.0)
+    for j in range(0, cols, TILE_COLS):         # a column block of the keys stays in L1 for every row tile
+        for i in range(0, qs.shape[0], TILE_ROWS):
+            float_tile(qs, i * hd, hd, kt, g * hd * cols_all + j, cols_all, hd, s, i * cols_all + j, cols_all)
+    for u in range(BLOCK):
+        seen = pos + first + u + 1              # causal: this token's keys
         for r in range(n_rep):
-            p = s[r, :length]
-            acc = np.float32(0.0)
-            for j in range(length):
-                acc += p[j] * v[j]
-            o[r, d] = acc
+            row = u * n_rep + r
+            if u < count:
+                _softmax_rows(s[row:row + 1], seen)
+                s[row, seen:end] = 0.0
+            else:
+                s[row, :end] = 0.0
+    for d in range(0, hd_padded, TILE_COLS):
+        for i in range(0, qs.shape[0], TILE_ROWS):
+            float_tile(s, i * cols_all, cols_all, vs, g * vs.shape[1] * hd_padded + d, hd_padded, end, o,
+                       i * hd_padded + d, hd_padded)
+    for u in range(count):
+        for r in range(n_rep):
+            h = g * n_rep + r
+            out[first + u, h * hd:(h + 1) * hd] = o[u * n_rep + r, :hd]
 
 
 @kernel(parallel=True, fastmath=True)
@@ -132,15 +152,20 @@ def attention(q, keys, values, pos, out):
 
 @kernel(parallel=True, fastmath=True)
 def _prefill(q, keys, values, pos, scale, out):
-    """attention() for a prompt: (KV head, token) pairs across threads (see the module's notes)."""
+    """attention() for a prompt: (KV head, token block) pairs across threads (see the module's notes)."""
     n, n_heads, hd = q.shape
     kv_heads = keys.shape[1]
     n_rep = n_heads // kv_heads
-    vt = _values_transposed(values, pos + n)
-    pairs = (n + 1) // 2
-    scratch = np.empty((pairs * kv_heads, n_rep, pos + n), np.float32)
+    length = pos + n
+    cols = -(-length // TILE_COLS) * TILE_COLS
+    kt, vs = _keys_values(keys, values, length, cols, -(-hd // TILE_COLS) * TILE_COLS)
+    blocks = -(-n // BLOCK)
+    pairs = (blocks + 1) // 2
+    qs = np.empty((pairs * kv_heads, BLOCK * n_rep, hd), np.float32)
+    s = np.empty((pairs * kv_heads, BLOCK * n_rep, cols), np.float32)
+    o = np.empty((pairs * kv_heads, BLOCK * n_rep, vs.shape[2]), np.float32)
     for item in nb.prange(pairs * kv_heads):
-        g, k = item // pairs, item % pairs   # head-major: a head's keys and values stay in L2 across its tokens
-        _one_token(q, keys, vt, k, g, pos + k + 1, scale, scratch[item], out)
-        if n - 1 - k != k:
-            _one_token(q, keys, vt, n - 1 - k, g, pos + n - k, scale, scratch[item], out)
+        g, k = item // pairs, item % pairs   # head-major: a head's keys and values stay in L2 across its blocks
+        _token_block(q, kt, vs, g, k, pos, scale, qs[item], s[item], o[item], out)
+        if blocks - 1 - k != k:
+            _token_block(q, kt, vs, g, blocks - 1 - k, pos, scale, qs[item], s[item], o[item], out)
