@@ -6,8 +6,8 @@ the causal softmax of each row, out = probabilities x values. The keys and value
 once per call into float32 scratch: keys transposed (kv_heads, head_dim, positions) and values
 (kv_heads, positions, head_dim), so a tile reads rows of both. A column block of keys (or values)
 is taken by every row tile in turn while it is in L1. Against a dot product per query and key,
-each with a horizontal sum: 2.3-2.7x at 512 tokens (TinyLlama, 7B, Llama 3 8B shapes;
-bench/RESULTS.md). Threads split the (KV head, token block) pairs head by head, so a head's keys
+each with a horizontal sum: 1.8-2.6x at 512 tokens (TinyLlama, 7B, Llama 3 8B shapes;
+bench/attention_speed.py). Threads split the (KV head, token block) pairs head by head, so a head's keys
 and values stay in L2 across its blocks, pairing block i with block n-1-i so causal rows of
 different lengths even out across threads.
 Decode (a token or a few): threads split the positions, so the cache is read front to back (one

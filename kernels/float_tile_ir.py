@@ -9,9 +9,9 @@ are `llvm.fmuladd`: one fused multiply-add where the CPU has it (avx2, avx512, N
 and an add where it does not. Plain vector IR, no CPU-specific intrinsics: every path the
 kernels have compiles it as it is.
 
-Written by hand rather than left to Numba: a loop over kk with the sums in an array kept them in
-memory (a load and a store per multiply-add), and a score at a time needs a horizontal sum per
-score, which is how attention ran before (about an eighth of the float peak).
+In IR so that the 32 sums certainly stay in registers (8 of avx2's 16) through the k loop. With
+B's block in L1 it ran at 40-42 GMAC/s on one core of a 2-core Zen 3 VM, from L2 (a 128 x 512 B)
+at 26. Attention before it took a dot product per query and key, each ending in a horizontal sum.
 """
 from __future__ import annotations
 
