@@ -9,7 +9,7 @@ are `llvm.fmuladd`: one fused multiply-add where the CPU has it (avx2, avx512, N
 and an add where it does not. Plain vector IR, no CPU-specific intrinsics: every path the
 kernels have compiles it as it is.
 
-In IR so that the 32 sums certainly stay in registers (8 of avx2's 16) through the k loop. With
+In IR so that the 64 sums certainly stay in registers (8 of avx2's 16 vectors) through the k loop. With
 B's block in L1 it ran at 40-42 GMAC/s on one core of a 2-core Zen 3 VM, from L2 (a 128 x 512 B)
 at 26. Attention before it took a dot product per query and key, each ending in a horizontal sum.
 """
