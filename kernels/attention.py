@@ -7,9 +7,9 @@ once per call into float32 scratch: keys transposed (kv_heads, head_dim, positio
 (kv_heads, positions, head_dim), so a tile reads rows of both. A column block of keys (or values)
 is taken by every row tile in turn while it is in L1. Against a dot product per query and key,
 each with a horizontal sum: 1.8-2.6x at 512 tokens (TinyLlama, 7B, Llama 3 8B shapes;
-bench/attention_speed.py). Threads split the (KV head, token block) pairs head by head, so a head's keys
-and values stay in L2 across its blocks, pairing block i with block n-1-i so causal rows of
-different lengths even out across threads.
+bench/attention_speed.py). Threads take the (KV head, token block) items in PREFILL_SHARES
+shares, head by head, so a head's keys and values stay in L2 across its blocks; block i is paired
+with block n-1-i so that causal rows of different lengths even out across threads.
 Decode (a token or a few): threads split the positions, so the cache is read front to back (one
 thread item per query head strided through it at 0.6x); the scores of all heads are kept, the
 softmax runs per head, and each thread's share of the weighted values is summed at the end.

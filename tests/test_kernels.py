@@ -150,10 +150,10 @@ def test_bench_command_reports_speeds():
 @pytest.mark.parametrize("cache_dtype", [np.float16, np.float32])
 # decode (n < 4; position ranges of 32 per thread item, so 37 and 600 positions split unevenly),
 # prefill (blocks of 8 tokens paired from both ends, a last block part full, a head_dim that is not
-# a multiple of the tile's 16 columns), grouped and plain heads
+# a multiple of the tile's 16 columns, more thread items than shares), grouped and plain heads
 @pytest.mark.parametrize("n, pos, heads, kv_heads, hd", [(1, 0, 4, 4, 8), (1, 37, 9, 3, 64), (3, 600, 8, 2, 32),
                                                          (13, 5, 32, 4, 64), (6, 0, 8, 1, 16), (4, 70, 4, 4, 128),
-                                                         (37, 11, 6, 2, 24)])
+                                                         (37, 11, 6, 2, 24), (70, 3, 8, 8, 16)])
 def test_attention_kernel_matches_the_reference(n, pos, heads, kv_heads, hd, cache_dtype):
     q = RNG.standard_normal((n, heads, hd)).astype(np.float32)
     ctx = pos + n + 3                                          # cache rows past the sequence are never read
