@@ -47,11 +47,16 @@ def test_prefill_runs_only_what_follows_the_cached_prefix(stories):
     assert s.last_prefill == 20 and s.n_past == 20
     again = s.prefill(ids + KARPATHY_IDS[20:23])
     assert s.last_prefill == 3 and s.n_past == 23
+    # The new tokens run through the decode attention kernel here and through the prompt's (tiles)
+    # in a fresh session: their sums run in other orders (~1e-7), and where the float16 KV cache
+    # then rounds a value the other way, that is a unit in its last place, 5e-4 relative
+    # (measured: 3.3e-4 at most; 8.6e-6 with a float32 cache). A cache or position bug moves
+    # logits by whole units.
     fresh = stories.new_session().prefill(ids + KARPATHY_IDS[20:23])
-    np.testing.assert_allclose(again, fresh, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(again, fresh, rtol=1e-3, atol=1e-3)
     s.prefill(ids)                          # the same prefix: only the last token runs again
     assert s.last_prefill == 1
-    np.testing.assert_allclose(s.prefill(ids), first, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(s.prefill(ids), first, rtol=1e-3, atol=1e-3)
 
 
 def test_append_runs_exactly_the_new_tokens(stories):
