@@ -2,7 +2,7 @@
 """Prefill attention alone, at real models' shapes: this tree's kernel against another git revision's,
 in one process, interleaved (the machines here are shared and noisy: only the ratio carries over).
 
-    python bench/attention_speed.py [--against REV] [--repeats 7]
+    python bench/attention_speed.py --against REV [--repeats 7]
 
 The other revision's kernels/attention.py is read with `git show` into a temporary package (its
 imports pointed at this tree's exp, jit and vector_ir, which it must still match). Times are the
@@ -51,7 +51,7 @@ def best_time(fn, args, repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--against", default="HEAD~1", help="git revision to compare with (default HEAD~1)")
+    parser.add_argument("--against", required=True, help="git revision whose kernel to compare with (e.g. 50d083f)")
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     from qllama.kernels import attention as this
