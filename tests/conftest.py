@@ -1,5 +1,6 @@
 """Shared pytest fixtures."""
 import os
+import signal
 
 import pytest
 
@@ -9,6 +10,10 @@ collect_ignore = [] if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else ["cuda
 # no plane cache entries in the user's cache folder for the hundreds of models the tests write (and
 # rewrite in place); tests/test_plane_cache.py turns it on in a folder of its own
 os.environ["QLLAMA_PLANE_CACHE"] = "0"
+# the tests that press Ctrl-C expect children to start as from a terminal, with SIGINT at its default.
+# A suite started in the background of a shell (`cmd &`, nohup) inherits it ignored, and an ignored
+# signal stays ignored across exec; a handler here is reset to the default in every child instead
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

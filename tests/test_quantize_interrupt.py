@@ -54,7 +54,10 @@ def test_a_signal_inside_a_kernel_exits_cleanly(tmp_path, moment, sig, code, wor
     assert child.stderr.readline().strip() == "slow step"
     time.sleep(0.3)
     child.send_signal(sig)
-    stderr = child.stderr.read()
-    assert child.wait(timeout=60) == code, stderr
+    try:
+        stderr = child.communicate(timeout=60)[1]
+    finally:
+        child.kill()                                # a child that ignored the signal fails the test, not hangs it
+    assert child.returncode == code, stderr
     assert stderr.strip() == word, stderr
     assert list(tmp_path.iterdir()) == []           # no output, no temporary file
