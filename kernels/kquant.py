@@ -57,10 +57,10 @@ _quantize_activations = by_rows(_quantize_serial, _quantize_parallel)
 
 
 def quantize_input(x: np.ndarray, fmt) -> tuple:
-    """x (tokens, in_padded) float32 -> the activation arguments of the matmul: xq int8, xd
-    float32 per super-block, bsum int16 per sub-block (kquant_ir.py)."""
+    """x (tokens, in_padded) float32 -> the activation arguments of the matmul: xq int8 (rows
+    padded, layout.activation_codes), xd float32 per super-block, bsum int16 per sub-block (kquant_ir.py)."""
     n, width = x.shape
-    xq, xd = np.empty(x.shape, np.int8), np.empty((n, width // QK_K), np.float32)
+    xq, xd = layout.activation_codes(n, width), np.empty((n, width // QK_K), np.float32)
     bsum = np.empty((n, width // fmt.sub_block), np.int16)
     _quantize_activations(x, fmt.sub_block, xq, xd, bsum)
     return xq, xd, bsum

@@ -83,9 +83,10 @@ quantize_activations = by_rows(_quantize_serial, _quantize_parallel)
 
 
 def quantize_input(x: np.ndarray, fmt) -> tuple:
-    """x (tokens, in_padded) float32 -> the activation arguments of the matmul: xq, xd, xsum."""
+    """x (tokens, in_padded) float32 -> the activation arguments of the matmul: xq (rows padded,
+    layout.activation_codes), xd, xsum."""
     n, n_act = len(x), x.shape[1] // fmt.act_group
-    xq = np.empty(x.shape, np.int8)
+    xq = layout.activation_codes(n, x.shape[1])
     xd, xsum = np.empty((n, n_act), np.float32), np.empty((n, n_act), np.float32)
     quantize_activations(x, fmt.act_group, xq, xd, xsum)
     return xq, xd, xsum

@@ -41,6 +41,16 @@ def test_activation_quantization_matches_numpy(group):
     assert np.abs(x_hat - x).max() <= 0.5 * d.max() * (1 + 1e-5)       # rounding, never clipping
 
 
+def assert_matches_reference(lin, ref, x):
+    """lin(x) against x_hat @ ref.T: the kernels multiply by the int8-quantized activation x_hat,
+    exactly W . x_hat in exact arithmetic, so only float32 summation error remains (~ sqrt(cols) eps |terms|)."""
+    cols = x.shape[1]
+    padded = np.pad(x, ((0, 0), (0, lin.in_padded - cols)))
+    x_hat = np.stack([quantize_activation_numpy(row, lin.fmt.act_group)[2] for row in padded])[:, :cols]
+    expected = x_hat.astype(np.float64) @ ref.T
+    assert np.abs(lin(x) - expected).max() <= 1e-5 * (np.abs(x_hat) @ np.abs(ref).T).max() + 1e-5
+
+
 @pytest.mark.parametrize("path", HOST_PATHS, ids=PATHS[:len(HOST_PATHS)])
 @pytest.mark.parametrize("fmt", FORMATS.values(), ids=FORMATS.keys())
 @pytest.mark.parametrize("rows, cols", [(37, 172), (64, 256), (5, 40), (9, 1024), (6, 96)])  # odd rows, ragged/odd groups
@@ -49,15 +59,19 @@ def test_kernels_match_the_reference_dequantize(fmt, rows, cols, path):
     q = quantize_matrix(w, fmt)
     lin, ref = QuantLinear(q, path=path), q.dequantize().astype(np.float64)
     for n in (1, 3, 13, 70):   # decode GEMVs; prefill: every token tile (8, 4, 1) and a second token chunk
-        x = RNG.standard_normal((n, cols)).astype(np.float32)
-        # the kernels multiply by the int8-quantized activation: exactly W . x_hat in exact
-        # arithmetic, so only float32 summation error remains (~ sqrt(cols) eps |terms|)
-        padded = np.pad(x, ((0, 0), (0, lin.in_padded - cols)))
-        x_hat = np.stack([quantize_activation_numpy(row, fmt.act_group)[2] for row in padded])[:, :cols]
-        expected = x_hat.astype(np.float64) @ ref.T
-        assert np.abs(lin(x) - expected).max() <= 1e-5 * (np.abs(x_hat) @ np.abs(ref).T).max() + 1e-5
+        assert_matches_reference(lin, ref, RNG.standard_normal((n, cols)).astype(np.float32))
     ids = [rows - 1, 0, rows // 2]
     assert np.array_equal(lin.rows(ids), ref[ids].astype(np.float32))
+
+
+@pytest.mark.parametrize("name", ["q4_g32", "q8_g32", "q6_k"])    # interleaved, per-row (avx2) and k-quant kernels
+def test_activation_rows_of_4096_are_padded_and_multiply_the_same(name):
+    from qllama.kernels.layout import ACT_ROW_PAD
+    q = quantize_matrix(RNG.standard_normal((16, 4096)).astype(np.float32), FORMATS[name])
+    lin = QuantLinear(q)
+    x = RNG.standard_normal((13, 4096)).astype(np.float32)
+    assert lin.kernels.quantize_input(x, lin.fmt)[0].shape == (13, 4096 + ACT_ROW_PAD)   # the stride the kernels see
+    assert_matches_reference(lin, q.dequantize().astype(np.float64), x)
 
 
 @pytest.mark.parametrize("name", ["q4a_g32", "q6_k"])       # interleaved_ir.py's kernels and kquant_ir.py's
