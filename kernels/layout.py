@@ -14,10 +14,10 @@ import numpy as np
 
 ROWS = 8
 # int8 activation rows of a width that is a multiple of 4096 (a 7B model's 4096) get one cache line
-# more (the kernels take the row stride from the array's shape and read only the codes): otherwise
-# the rows of a tile of eight tokens start in one set of the 8-way L1 cache, and a prompt's matmul
-# took 1.08-1.12x the time (Q4_0, Q4_K, Q6_K, measured). Other widths are left alone: padded, 2048
-# and 5632 ran 3-4% slower.
+# more (the kernels take the row stride from the array's shape and read only the codes). Unpadded,
+# a prompt's matmul took 1.07-1.11x the time (Q4_0, Q4_K, Q6_K; bench/activation_stride.py): the
+# eight rows of a tile of tokens map to one set of the 8-way L1 cache, we infer, as only multiples
+# of 4096 gained. Other widths are left alone: a padded 5632 ran 5% slower.
 ACT_ROW_PAD = 64
 
 
