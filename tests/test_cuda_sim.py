@@ -8,18 +8,16 @@ import sys
 
 import pytest
 
+import simulator_run
 from paths import MODELS, REPO
 
-SIMULATOR_TESTS = ["tests/cuda_sim/sim_kernels.py", "tests/cuda_sim/sim_model.py"]
 STORIES = str(MODELS / "stories260K" / "stories260K.bin")
 
 
 def test_cuda_kernels_and_model_in_the_simulator():
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *SIMULATOR_TESTS],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
-    assert " passed" in r.stdout and "skipped" not in r.stdout
+    code, stdout, stderr = simulator_run.result()        # started beside the suite by conftest.py
+    assert code == 0, stdout[-6000:] + stderr[-3000:]
+    assert " passed" in stdout and "skipped" not in stdout
 
 
 def run_cli(args, env=None, block_numba_cuda=False):
